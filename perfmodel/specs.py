@@ -1,12 +1,17 @@
-"""Specs: the single source of truth for models, hardware and layouts.
+"""Specs: the single source of truth for models, hardware, layouts and workloads.
 
-`ModelSpec` and `Layout` are frozen dataclasses, validated at construction. parallel/ builds its
-meshes and shapes from them; the cost model costs them.
+`ModelSpec`, `Layout`, `HardwareSpec` (with its `LinkLevel`s) and `Workload` are frozen dataclasses,
+validated at construction. parallel/ builds its meshes and shapes from them; the cost model costs
+them. Presets live in `perfmodel.presets` (`get_model`, `get_hardware`).
+
+Number formats are named as numerics/ names them; `format_bits(name)` is the one place that turns a
+name into bits per element (scale overhead included: MXFP4 = 4 + 8/32 = 4.25).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 
 def _check_positive(owner: str, **values: int) -> None:
@@ -95,6 +100,15 @@ class ModelSpec:
             raise ValueError(
                 f"ModelSpec({self.name!r}): n_dense_layers={self.n_dense_layers} > n_layers={self.n_layers}"
             )
+        if self.is_mla and self.n_kv_heads != 1:
+            raise ValueError(
+                f"ModelSpec({self.name!r}): MLA caches one latent head; n_kv_heads={self.n_kv_heads} must be 1"
+            )
+        if not self.is_mla and (self.q_lora_rank or self.rope_dim):
+            raise ValueError(
+                f"ModelSpec({self.name!r}): q_lora_rank={self.q_lora_rank} / rope_dim={self.rope_dim} "
+                "are MLA fields but kv_lora_rank=0"
+            )
 
     @property
     def is_moe(self) -> bool:
@@ -108,6 +122,81 @@ class ModelSpec:
     def v_dim(self) -> int:
         """Value head dimension."""
         return self.v_head_dim or self.head_dim
+
+    # Derived sizes, used by the cost model and by parallel/ alike. Element counts, not bytes.
+
+    @property
+    def n_moe_layers(self) -> int:
+        """Layers with a routed-expert FFN (0 for a dense model)."""
+        return self.n_layers - self.n_dense_layers if self.is_moe else 0
+
+    @property
+    def qk_dim(self) -> int:
+        """Per-head query·key dimension of decode attention.
+
+        GQA/MHA: head_dim. MLA with absorbed up-projections (DeepSeek-V2 §2.1.2): queries are moved
+        into the latent space, so q·k runs over kv_lora_rank + rope_dim (576 for DeepSeek-R1).
+        """
+        return self.kv_lora_rank + self.rope_dim if self.is_mla else self.head_dim
+
+    @property
+    def attn_v_dim(self) -> int:
+        """Per-head value dimension inside decode attention (MLA absorbed: kv_lora_rank)."""
+        return self.kv_lora_rank if self.is_mla else self.v_dim
+
+    @property
+    def kv_elems_per_token(self) -> int:
+        """KV-cache elements per token per layer: 2·K·Hsz (GQA) or kv_lora_rank + rope_dim (MLA)."""
+        if self.is_mla:
+            return self.kv_lora_rank + self.rope_dim
+        return 2 * self.n_kv_heads * self.head_dim
+
+    @property
+    def attn_params(self) -> int:
+        """Attention weights of one layer (Q, K, V, O projections; MLA: down/up projections)."""
+        h, q = self.hidden, self.n_heads
+        if not self.is_mla:
+            return h * q * self.head_dim + 2 * h * self.n_kv_heads * self.head_dim + q * self.v_dim * h
+        qk_head = self.head_dim + self.rope_dim
+        w_q = h * self.q_lora_rank + self.q_lora_rank * q * qk_head if self.q_lora_rank else h * q * qk_head
+        w_dkv = h * (self.kv_lora_rank + self.rope_dim)
+        w_ukv = self.kv_lora_rank * q * (self.head_dim + self.v_dim)
+        return w_q + w_dkv + w_ukv + q * self.v_dim * h
+
+    @property
+    def dense_ffn_params(self) -> int:
+        """SwiGLU FFN weights of one dense layer: 3·H·F."""
+        return 3 * self.hidden * self.ffn
+
+    @property
+    def expert_params(self) -> int:
+        """SwiGLU weights of one expert: 3·H·F_e."""
+        return 3 * self.hidden * self.expert_ffn
+
+    @property
+    def moe_ffn_params(self) -> int:
+        """Routed + shared experts + router of one MoE layer."""
+        return (self.n_experts + self.n_shared_experts) * self.expert_params + self.hidden * self.n_experts
+
+    @property
+    def embedding_params(self) -> int:
+        """Input embedding plus LM head (untied): 2·V·H."""
+        return 2 * self.vocab * self.hidden
+
+    @property
+    def total_params(self) -> int:
+        """All weights of the model."""
+        dense = self.n_layers - self.n_moe_layers
+        return (self.n_layers * self.attn_params + dense * self.dense_ffn_params
+                + self.n_moe_layers * self.moe_ffn_params + self.embedding_params)
+
+    @property
+    def active_params(self) -> int:
+        """Weights one token touches: routed top-k experts only."""
+        dense = self.n_layers - self.n_moe_layers
+        moe_active = (self.top_k + self.n_shared_experts) * self.expert_params + self.hidden * self.n_experts
+        return (self.n_layers * self.attn_params + dense * self.dense_ffn_params
+                + self.n_moe_layers * moe_active + self.embedding_params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +219,13 @@ class Layout:
       microbatches: HOP-B micro-batches (1 = no overlap).
       chunk: prefill chunk size in tokens (0 = no chunking).
       weight_format, kv_format, act_format, comm_format: numerics format names.
+      hopb: with microbatches > 1, overlap the KVP all-to-all of micro-batch i with the attention
+        of micro-batch i+1 (HOP-B, c + m + (n-1)·max(c, m)); False runs the same micro-batches
+        one after another, n·(c + m) (the paper's ablation).
 
     Raises:
-      ValueError: a non-positive degree, or attention and FFN GPU counts that differ.
+      ValueError: a non-positive degree, attention and FFN GPU counts that differ, a batch that
+        dp_attn or microbatches does not divide, an unknown format name.
     """
 
     tpa: int = 1
@@ -149,6 +242,7 @@ class Layout:
     kv_format: str = "bf16"
     act_format: str = "bf16"
     comm_format: str = "bf16"
+    hopb: bool = True
 
     def __post_init__(self):
         _check_positive(
@@ -156,6 +250,12 @@ class Layout:
             pp=self.pp, dp=self.dp, batch=self.batch, microbatches=self.microbatches,
         )
         _check_non_negative("Layout", chunk=self.chunk)
+        for role in ("weight_format", "kv_format", "act_format", "comm_format"):
+            format_bits(getattr(self, role), role=f"Layout.{role}")
+        if self.batch % self.dp_attn:
+            raise ValueError(f"Layout: dp_attn={self.dp_attn} does not divide batch={self.batch}")
+        if self.batch % self.microbatches:
+            raise ValueError(f"Layout: microbatches={self.microbatches} does not divide batch={self.batch}")
         if self.attention_gpus != self.ffn_gpus:
             raise ValueError(
                 f"Layout: attention uses dp_attn·kvp·tpa={self.dp_attn}·{self.kvp}·{self.tpa}="
@@ -181,6 +281,22 @@ class Layout:
         """All GPUs of the layout: N · pp · dp."""
         return self.attention_gpus * self.pp * self.dp
 
+    @property
+    def weight_bits(self) -> float:
+        return format_bits(self.weight_format)
+
+    @property
+    def kv_bits(self) -> float:
+        return format_bits(self.kv_format)
+
+    @property
+    def act_bits(self) -> float:
+        return format_bits(self.act_format)
+
+    @property
+    def comm_bits(self) -> float:
+        return format_bits(self.comm_format)
+
     def check_model(self, model: ModelSpec) -> None:
         """Raise ValueError naming the numbers when this layout cannot shard `model`.
 
@@ -203,3 +319,196 @@ class Layout:
             raise ValueError(f"ep={self.ep} does not divide n_experts={model.n_experts} of {model.name}")
         if not model.is_moe and self.ep != 1:
             raise ValueError(f"ep={self.ep} needs an MoE model; {model.name} is dense")
+        if model.ffn % self.tpf and model.n_layers > model.n_moe_layers:
+            raise ValueError(f"tpf={self.tpf} does not divide ffn={model.ffn} of {model.name}")
+        if model.is_moe and model.expert_ffn % self.tpf:
+            raise ValueError(f"tpf={self.tpf} does not divide expert_ffn={model.expert_ffn} of {model.name}")
+
+
+
+# ----------------------------------------------------------------------------------------------
+# Number formats
+
+# source: OCP MX v1.0 §5 (32-element blocks + one 8-bit E8M0 scale: +0.25 bit/element); NVFP4:
+# 16-element blocks + an E4M3 scale (+0.5 bit/element; the per-tensor FP32 scale is negligible).
+# Used only until numerics/ lands; numerics.bits_per_element is the source of truth.
+_FALLBACK_BITS = {
+    "fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "fp8_e4m3": 8.0, "fp8_e5m2": 8.0,
+    "mxfp8_e4m3": 8.25, "mxfp8_e5m2": 8.25, "mxfp6_e3m2": 6.25, "mxfp6_e2m3": 6.25,
+    "mxfp4_e2m1": 4.25, "mxint8": 8.25, "nvfp4": 4.5,
+}
+
+
+def _bits_per_element(name: str) -> float:
+    # The one call site of the format library (switch to numerics.bits_per_element when it lands).
+    return _FALLBACK_BITS[name]
+
+
+def format_bits(name: str, *, role: str = "format") -> float:
+    """Bits per element of a numerics format, block-scale overhead included.
+
+    Args:
+      name: a numerics format name, e.g. "bf16", "mxfp4_e2m1" (4.25), "nvfp4" (4.5).
+      role: what the name is used for, quoted in the error.
+
+    Returns:
+      bits per element (float).
+
+    Raises:
+      ValueError: an unknown format name.
+
+    References:
+      OCP Microscaling Formats (MX) v1.0, §5.
+    """
+    try:
+        return float(_bits_per_element(name))
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(
+            f"{role}={name!r} is not a known number format; valid: {sorted(_FALLBACK_BITS)}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Hardware
+
+def _check_positive_real(owner: str, allow_zero: tuple[str, ...] = (), **values: float) -> None:
+    for name, value in values.items():
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (value == 0 and name not in allow_zero):
+            raise ValueError(f"{owner}.{name}={value!r} must be a positive finite number")
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkLevel:
+    """One level of the interconnect hierarchy (arXiv 2311.16417 §3: die, package, scale-up, scale-out).
+
+    Attributes:
+      name: "die-to-die", "scale-up", "scale-out".
+      size: devices reachable at this level (a collective over ≤ size devices uses it).
+      bandwidth_bytes_per_s: per-device, per-direction bandwidth.
+      latency_s: latency α of one step of a collective (one message hop), seconds.
+    """
+
+    name: str
+    size: int
+    bandwidth_bytes_per_s: float
+    latency_s: float
+
+    def __post_init__(self):
+        _check_positive(f"LinkLevel({self.name!r})", size=self.size)
+        _check_positive_real(f"LinkLevel({self.name!r})", allow_zero=("latency_s",),
+                             bandwidth_bytes_per_s=self.bandwidth_bytes_per_s, latency_s=self.latency_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareSpec:
+    """One accelerator and its place in the interconnect hierarchy.
+
+    Attributes:
+      name: preset name, e.g. "gb200-nvl72".
+      flops_fp4, flops_fp8, flops_bf16, flops_fp32: dense tensor FLOP/s per GPU (0: not supported;
+        FP4 then runs at the FP8 rate, as formats are upcast).
+      hbm_bandwidth_bytes_per_s, hbm_capacity_bytes: HBM per GPU.
+      idle_power_w, peak_power_w: GPU board power, idle and at full load (TDP/TBP).
+      host_power_w: per-GPU share of the rest of the system (CPU, NICs, switches, fans), for
+        full-system energy as MLPerf Power measures it (arXiv 2410.12032 §3).
+      links: (die-to-die, scale-up, scale-out) levels, innermost first, with growing sizes.
+
+    Raises:
+      ValueError: a non-positive size, bandwidth or power; idle > peak; links not ordered.
+    """
+
+    name: str
+    flops_fp4: float
+    flops_fp8: float
+    flops_bf16: float
+    flops_fp32: float
+    hbm_bandwidth_bytes_per_s: float
+    hbm_capacity_bytes: float
+    idle_power_w: float
+    peak_power_w: float
+    links: tuple[LinkLevel, LinkLevel, LinkLevel]
+    host_power_w: float = 0.0
+
+    def __post_init__(self):
+        owner = f"HardwareSpec({self.name!r})"
+        _check_positive_real(
+            owner, allow_zero=("flops_fp4", "flops_fp8", "host_power_w"),
+            flops_fp4=self.flops_fp4, flops_fp8=self.flops_fp8, flops_bf16=self.flops_bf16,
+            flops_fp32=self.flops_fp32, hbm_bandwidth_bytes_per_s=self.hbm_bandwidth_bytes_per_s,
+            hbm_capacity_bytes=self.hbm_capacity_bytes, idle_power_w=self.idle_power_w,
+            peak_power_w=self.peak_power_w, host_power_w=self.host_power_w,
+        )
+        if self.idle_power_w > self.peak_power_w:
+            raise ValueError(f"{owner}: idle_power_w={self.idle_power_w} > peak_power_w={self.peak_power_w}")
+        if len(self.links) != 3 or not all(isinstance(l, LinkLevel) for l in self.links):
+            raise ValueError(f"{owner}: links must be 3 LinkLevels (die-to-die, scale-up, scale-out), got {self.links!r}")
+        sizes = [l.size for l in self.links]
+        if sizes != sorted(sizes):
+            raise ValueError(f"{owner}: link level sizes {sizes} must grow outward")
+
+    @property
+    def die_to_die(self) -> LinkLevel:
+        return self.links[0]
+
+    @property
+    def scale_up(self) -> LinkLevel:
+        return self.links[1]
+
+    @property
+    def scale_out(self) -> LinkLevel:
+        return self.links[2]
+
+    def peak_flops(self, compute_bits):
+        """Dense FLOP/s at a compute precision in bits (scalar or array; jnp-traceable).
+
+        ≤ 4.5 bits (FP4, MXFP4, NVFP4) → FP4 rate, or FP8 where FP4 is unsupported; ≤ 8.25 (FP8,
+        MXFP8, MXFP6) → FP8 rate, or BF16 where FP8 is unsupported; ≤ 16 → BF16; else FP32.
+        """
+        import jax.numpy as jnp
+
+        fp8 = self.flops_fp8 or self.flops_bf16
+        fp4 = self.flops_fp4 or fp8
+        bits = jnp.asarray(compute_bits, jnp.float32)
+        return jnp.where(bits <= 4.5, fp4, jnp.where(bits <= 8.25, fp8,
+                         jnp.where(bits <= 16.0, self.flops_bf16, self.flops_fp32)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Workload
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Traffic and service-level agreement (arXiv 2506.05508 §3).
+
+    Attributes:
+      isl: input sequence length (prompt tokens).
+      osl: output sequence length (generated tokens).
+      arrival_rate_per_s: requests per second offered to the system (0: saturated, as many as
+        the configuration serves).
+      ttft_limit_s: time-to-first-token limit (the disaggregation paper drops TTFT > 10 s).
+      ttl_limit_s: token-to-token latency limit (inf: none).
+
+    Raises:
+      ValueError: a non-positive length or limit, a negative rate.
+    """
+
+    isl: int
+    osl: int
+    arrival_rate_per_s: float = 0.0
+    ttft_limit_s: float = 10.0
+    ttl_limit_s: float = math.inf
+
+    def __post_init__(self):
+        _check_positive("Workload", isl=self.isl, osl=self.osl)
+        _check_positive_real("Workload", allow_zero=("arrival_rate_per_s",),
+                             arrival_rate_per_s=self.arrival_rate_per_s)
+        for name in ("ttft_limit_s", "ttl_limit_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value <= 0:
+                raise ValueError(f"Workload.{name}={value!r} must be positive (inf: no limit)")
+
+    @property
+    def mean_context(self) -> float:
+        """Average KV length a decode step reads: ISL + OSL/2."""
+        return self.isl + self.osl / 2
