@@ -450,7 +450,7 @@ def elementwise_points(sizes: Sequence[int], dtypes: Sequence[str]) -> list[Poin
                 fn=jnp.copy,
                 make_inputs=lambda rng, e=e, d=dtype: (_normal(rng, (e,), d),),
                 footprint_bytes=2 * e * size,
-                fields=dict(op="copy", kernel="copy", dtype=dtype, elements=e, bytes=2 * e * size),
+                fields=dict(op="copy", kernel="copy", dtype=dtype, elements=e, bytes=2 * e * size, flops=0),
             ))
     return points
 
@@ -472,7 +472,7 @@ def fake_quantize_points(sizes: Sequence[int], formats: Sequence[str], row: int 
                 make_inputs=lambda rng, e=e: (_normal(rng, (e // row, row), "float32"),),
                 footprint_bytes=2 * e * 4,
                 fields=dict(op="fake_quantize", kernel="fake_quantize", dtype="float32", fmt=fmt,
-                            elements=e, bytes=2 * e * 4),
+                            elements=e, bytes=2 * e * 4, flops=0),
             ))
     return points
 
