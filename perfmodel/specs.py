@@ -329,19 +329,17 @@ class Layout:
 # ----------------------------------------------------------------------------------------------
 # Number formats
 
-# source: OCP MX v1.0 §5 (32-element blocks + one 8-bit E8M0 scale: +0.25 bit/element); NVFP4:
-# 16-element blocks + an E4M3 scale (+0.5 bit/element; the per-tensor FP32 scale is negligible).
-# Used only until numerics/ lands; numerics.bits_per_element is the source of truth.
-_FALLBACK_BITS = {
-    "fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "fp8_e4m3": 8.0, "fp8_e5m2": 8.0,
-    "mxfp8_e4m3": 8.25, "mxfp8_e5m2": 8.25, "mxfp6_e3m2": 6.25, "mxfp6_e2m3": 6.25,
-    "mxfp4_e2m1": 4.25, "mxint8": 8.25, "nvfp4": 4.5,
-}
-
-
 def _bits_per_element(name: str) -> float:
-    # The one call site of the format library (switch to numerics.bits_per_element when it lands).
-    return _FALLBACK_BITS[name]
+    # The one call site of the format library: numerics is the source of truth for bits/element.
+    import numerics
+
+    return numerics.bits_per_element(name)
+
+
+def _format_names() -> tuple[str, ...]:
+    import numerics
+
+    return tuple(numerics.FORMAT_NAMES)
 
 
 def format_bits(name: str, *, role: str = "format") -> float:
@@ -364,7 +362,7 @@ def format_bits(name: str, *, role: str = "format") -> float:
         return float(_bits_per_element(name))
     except (KeyError, ValueError, TypeError):
         raise ValueError(
-            f"{role}={name!r} is not a known number format; valid: {sorted(_FALLBACK_BITS)}"
+            f"{role}={name!r} is not a known number format; valid: {', '.join(_format_names())}"
         ) from None
 
 
