@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -154,7 +155,7 @@ def make_data(rows: Sequence[Measurement], dtype=jnp.float32) -> tuple[Data, dic
 
 
 def objective(params, data: Data, prior_params, hardware, predict: PredictFn, *, loss: str = "huber",
-              loss_scale: float = 0.1, prior_weight: float = 1e-3) -> jax.Array:
+              loss_scale: float = 0.1, prior_weight: float = 1e-6) -> jax.Array:
     """L(θ) = Σ_i w_i ρ(log t̂_i(θ) − log t_i) + λ Σ_j (θ_j − θ⁰_j)² (see the module docstring).
 
     Args:
@@ -176,6 +177,116 @@ def objective(params, data: Data, prior_params, hardware, predict: PredictFn, *,
         total = total + jnp.sum(data.weight[op] * robust_loss(r, loss, loss_scale))
     sq = jax.tree.map(lambda p, p0: jnp.sum((jnp.asarray(p) - p0) ** 2), params, prior_params)
     return total + prior_weight * sum(jax.tree.leaves(sq))
+
+
+# ----------------------------------------------------------------------------- the cost model
+
+# Measurement op class → the cost function that costs it (perfmodel.ops).
+MODEL_OF_OP = {
+    "gemm": "gemm_time", "decode_attention": "decode_attention_time", "elementwise": "elementwise_time",
+    "copy": "elementwise_time", "fake_quantize": "elementwise_time", "all_reduce": "collective_time",
+    "all_gather": "collective_time", "reduce_scatter": "collective_time", "all_to_all": "collective_time",
+    "send_recv": "collective_time",
+}
+# Compute precisions, as `HardwareSpec.peak_flops` picks its peak: ≤ 4.5, ≤ 8.25, ≤ 16 bits, else FP32.
+PRECISIONS = ("fp4", "fp8", "bf16", "fp32")
+
+
+def precision_index(bytes_per_elem) -> jax.Array:
+    """Index into `PRECISIONS` of an operand width, by the same thresholds as `peak_flops`."""
+    bits = 8.0 * jnp.asarray(bytes_per_elem, jnp.float32)
+    return jnp.where(bits <= 4.5, 0, jnp.where(bits <= 8.25, 1, jnp.where(bits <= 16.0, 2, 3)))
+
+
+class CalibParams(NamedTuple):
+    """What calibration fits: the cost model's `EfficiencyParams` plus per-precision logit offsets.
+
+    One compute efficiency per op class cannot serve two precisions whose peaks differ by more than
+    their achieved rates do (this CPU: f32 GEMMs reach ~45% of the AVX-512 peak, bf16 ~15-20% of
+    the AMX peak). Row i of op class c at precision p therefore uses
+
+        compute_logit[c] + precision_logit[c, p, 0],   memory_logit[c] + precision_logit[c, p, 1],
+
+    offsets that start (and are pulled by the prior) at 0, so an unmeasured precision inherits
+    the class's values. `efficiency_for(params, precision)` folds them into an `EfficiencyParams`.
+
+    Attributes:
+      efficiency: `perfmodel.efficiency.EfficiencyParams` (raw).
+      precision_logit: [n_op_classes, len(PRECISIONS), 2] raw offsets (compute, memory).
+    """
+
+    efficiency: object
+    precision_logit: jax.Array
+
+
+def init_params(hardware) -> CalibParams:
+    """The datasheet roofline (`efficiency.datasheet_params`) with zero precision offsets."""
+    from .efficiency import OP_CLASSES, datasheet_params
+
+    return CalibParams(datasheet_params(hardware), jnp.zeros((len(OP_CLASSES), len(PRECISIONS), 2), jnp.float32))
+
+
+def efficiency_for(params: CalibParams, precision: str):
+    """The `EfficiencyParams` of one compute precision (offsets folded in), for the cost model.
+
+    Raises:
+      ValueError: an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+    p = PRECISIONS.index(precision)
+    e = params.efficiency
+    return e._replace(compute_logit=e.compute_logit + params.precision_logit[:, p, 0],
+                      memory_logit=e.memory_logit + params.precision_logit[:, p, 1])
+
+
+def _per_row(params, bytes_per_elem):
+    """EfficiencyParams whose compute/memory logits are [n_op_classes, n_rows]: each row its precision's.
+
+    The cost functions index these leaves by op class only, so per-row columns broadcast against
+    the row arrays.
+    """
+    if not isinstance(params, CalibParams):
+        return params
+    p = precision_index(bytes_per_elem)
+    e = params.efficiency
+    return e._replace(compute_logit=e.compute_logit[:, None] + params.precision_logit[:, p, 0],
+                      memory_logit=e.memory_logit[:, None] + params.precision_logit[:, p, 1])
+
+
+def cost_model_times(params, hardware, op: str, cols: Mapping[str, jax.Array]) -> jax.Array:
+    """The cost model's time for every row of one op class: a thin, vectorized map onto perfmodel.ops.
+
+    gemm → `gemm_time(m, n, k, bytes_per_elem)`; decode_attention → `decode_attention_time(batch,
+    seq, heads, kv_heads, head_dim, head_dim, bytes_per_elem)`; elementwise, copy, fake_quantize →
+    `elementwise_time(bytes, flops)`; collectives → `collective_time(op, bytes, n_devices)`.
+
+    Args:
+      params: `CalibParams`, or `EfficiencyParams` / `Efficiency` (no precision offsets).
+      hardware: `HardwareSpec`.
+      op: measurement op class.
+      cols: `columns` of the rows as arrays [n].
+
+    Returns:
+      seconds [n].
+
+    Raises:
+      ValueError: an op class the cost model does not cost.
+    """
+    from . import ops
+
+    c = cols
+    eff = _per_row(params, c["bytes_per_elem"])
+    if op == "gemm":
+        return ops.gemm_time(eff, hardware, c["m"], c["n"], c["k"], c["bytes_per_elem"])
+    if op == "decode_attention":
+        return ops.decode_attention_time(eff, hardware, c["batch"], c["seq"], c["heads"], c["kv_heads"],
+                                         c["head_dim"], c["head_dim"], c["bytes_per_elem"])
+    if op in ("elementwise", "copy", "fake_quantize"):
+        return ops.elementwise_time(eff, hardware, c["bytes"], c["flops"])
+    if op in MODEL_OF_OP:
+        return ops.collective_time(eff, hardware, op, c["bytes"], c["n_devices"])
+    raise ValueError(f"op={op!r} has no cost function; known: {sorted(MODEL_OF_OP)}")
 
 
 # ----------------------------------------------------------------------------- report
@@ -280,8 +391,8 @@ def predict_rows(params, hardware, rows: Sequence[Measurement], predict: Predict
 def fit(measurements: MeasurementSet | Sequence[Measurement], hardware, params0, *,
         predict: PredictFn | None = None, prior_params=None, baseline_params=None,
         split: str = "random", holdout_fraction: float = 0.25, seed: int = 0,
-        loss: str = "huber", loss_scale: float = 0.1, prior_weight: float = 1e-3,
-        steps: int = 2000, learning_rate: float = 0.05, include_emulated: bool = False,
+        loss: str = "huber", loss_scale: float = 0.1, prior_weight: float = 1e-6,
+        steps: int = 3000, learning_rate: float = 0.05, include_emulated: bool = False,
         threshold_s: float = 1e-3):
     """Fit the raw parameter pytree to measured times with optax Adam; report held-out errors.
 
@@ -484,3 +595,95 @@ def load_profile(path, template=None):
             raise ValueError(f"{where}: params[{key!r}] has non-finite values")
         leaves.append(jnp.asarray(value, jnp.float32))
     return hardware, jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+# ----------------------------------------------------------------------------- this machine
+
+# source: Intel 64 and IA-32 Architectures Optimization Reference Manual: two 512-bit FMA units per
+# core on server cores with AVX-512 (16 float32 lanes · 2 flops · 2 ports); AVX2: 8 lanes · 2 · 2.
+_FP32_FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32}
+# source: Intel, 4th Gen Xeon Scalable (Sapphire Rapids) AMX: 1024 BF16 operations per cycle per core.
+_AMX_BF16_FLOPS_PER_CYCLE = 1024
+# source: Intel ARK, Xeon Platinum 8480+: TDP 350 W for 56 cores (6.25 W per core); idle is an
+# estimate (30% of TDP). The VM's power cannot be measured here; energy on it is not calibrated.
+_WATTS_PER_CORE = 350.0 / 56
+# source: NOTES.md (measured here): emulated CPU collectives cost ~100–400 µs per call. A prior.
+_EMULATED_COLLECTIVE_STEP_S = 100e-6
+
+
+def _cpuinfo() -> tuple[float, set[str]]:
+    mhz, flags = 0.0, set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz" and not mhz:
+                mhz = float(value)
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return mhz * 1e6, flags
+
+
+def stream_copy_bandwidth(measurements: MeasurementSet | Sequence[Measurement]) -> float:
+    """Best copy bandwidth in the measurements: max over `copy` rows of bytes / median_s (bytes/s).
+
+    Raises:
+      ValueError: no copy rows.
+    """
+    rows = measurements.rows if isinstance(measurements, MeasurementSet) else measurements
+    bw = [r.bytes / r.median_s for r in rows if r.op == "copy" and r.bytes]
+    if not bw:
+        raise ValueError("no copy rows to derive a memory bandwidth from; pass memory_bandwidth_bytes_per_s")
+    return max(bw)
+
+
+def cpu_local_spec(memory_bandwidth_bytes_per_s: float, *, n_devices: int = 8, cores: int | None = None,
+                   clock_hz: float | None = None, flags: set[str] | None = None, memory_bytes: float | None = None):
+    """A `HardwareSpec` for this CPU host, as a "datasheet" the uncalibrated baseline can use.
+
+    peak float32 = cores · clock · (64 flop/cycle with AVX-512, 32 with AVX2; two FMA ports);
+    peak bfloat16 = cores · clock · 1024 with AMX-BF16 (XLA:CPU reaches it through oneDNN), else
+    the float32 peak. clock is /proc/cpuinfo's "cpu MHz" (the base clock a VM reports; turbo is
+    not visible). A VM publishes no memory datasheet, so the memory bandwidth is passed in: in
+    `main` it is `stream_copy_bandwidth` of the measurements, i.e. MEASURED, which makes the
+    baseline stronger on memory-bound kernels than a true datasheet would. The emulated devices
+    share that memory: every link level gets that bandwidth and a 100 µs α prior (NOTES.md).
+
+    Args:
+      memory_bandwidth_bytes_per_s: memory bandwidth to declare (bytes/s).
+      n_devices: emulated devices, the scale-up domain size.
+      cores, clock_hz, flags, memory_bytes: override what /proc and os report (tests).
+
+    Returns:
+      HardwareSpec named "cpu-local".
+
+    Raises:
+      ValueError: no usable clock or ISA (not x86 with AVX2/AVX-512), or a bad bandwidth.
+    """
+    import os
+
+    from .specs import HardwareSpec, LinkLevel
+
+    proc_clock, proc_flags = _cpuinfo()
+    cores = cores or os.cpu_count() or 1
+    clock_hz = clock_hz or proc_clock
+    flags = proc_flags if flags is None else flags
+    per_cycle = next((v for k, v in _FP32_FLOPS_PER_CYCLE.items() if k in flags), 0)
+    if not clock_hz or not per_cycle:
+        raise ValueError(f"cannot derive a CPU peak: clock_hz={clock_hz}, AVX2/AVX-512 in flags={bool(per_cycle)}; "
+                         "pass clock_hz= and flags=")
+    if memory_bytes is None:
+        memory_bytes = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    fp32 = cores * clock_hz * per_cycle
+    bf16 = cores * clock_hz * _AMX_BF16_FLOPS_PER_CYCLE if "amx_bf16" in flags else fp32
+    bw = float(memory_bandwidth_bytes_per_s)
+    peak_w = cores * _WATTS_PER_CORE
+    return HardwareSpec(
+        name="cpu-local", flops_fp4=0.0, flops_fp8=0.0, flops_bf16=float(bf16), flops_fp32=float(fp32),
+        hbm_bandwidth_bytes_per_s=bw, hbm_capacity_bytes=float(memory_bytes),
+        idle_power_w=0.3 * peak_w, peak_power_w=peak_w,
+        links=(LinkLevel("die-to-die", 1, bw, 0.0),
+               LinkLevel("scale-up", n_devices, bw, _EMULATED_COLLECTIVE_STEP_S),
+               LinkLevel("scale-out", n_devices, bw, _EMULATED_COLLECTIVE_STEP_S)),
+    )

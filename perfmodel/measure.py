@@ -202,6 +202,9 @@ class TimingConfig:
             raise ValueError(f"bad TimingConfig {self}")
 
 
+QUICK_TIMING = TimingConfig(rounds=7, min_round_s=0.02)
+
+
 @dataclasses.dataclass(frozen=True)
 class Point:
     """A kernel to time: `fn(*make_inputs(rng))` under jit, and the row fields that describe it.
@@ -277,6 +280,10 @@ def time_points(points: Sequence[Point], config: TimingConfig = TimingConfig(),
         for i in group:
             args = shuffled[i].make_inputs(rng)
             compiled = jax.jit(shuffled[i].fn).lower(*args).compile()
+            if shuffled[i].fields.get("flops", 0) is None:  # counted by XLA (see fake_quantize_points)
+                xla_flops = (compiled.cost_analysis() or {}).get("flops")
+                shuffled[i] = dataclasses.replace(
+                    shuffled[i], fields={**shuffled[i].fields, "flops": int(xla_flops or 0)})
             calls[i] = lambda c=compiled, a=args: c(*a)
             for _ in range(config.warmup_calls):
                 jax.block_until_ready(calls[i]())
@@ -384,9 +391,13 @@ def decode_attention(q, k, v):
 
     out[b, h] = softmax(q[b, h]·K[b, :, h // g]ᵀ / √d) · V[b, :, h // g], with g = heads / kv_heads.
 
+    The cache is laid out [batch, kv_heads, seq, head_dim] (each KV head's tokens contiguous, as
+    paged decode kernels store them), so both products are batched matrix products without a
+    transpose of the cache. (A [batch, seq, kv_heads, head_dim] cache runs 2–4× slower on XLA:CPU.)
+
     Args:
       q: [batch, heads, head_dim].
-      k, v: [batch, seq, kv_heads, head_dim].
+      k, v: [batch, kv_heads, seq, head_dim].
 
     Returns:
       [batch, heads, head_dim] in q's dtype.
@@ -395,11 +406,11 @@ def decode_attention(q, k, v):
     import jax.numpy as jnp
 
     b, h, d = q.shape
-    kvh = k.shape[2]
+    kvh = k.shape[1]
     qg = q.reshape(b, kvh, h // kvh, d)
-    s = jnp.einsum("bkgd,bskd->bkgs", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    s = jnp.einsum("bkgd,bksd->bkgs", qg, k, preferred_element_type=jnp.float32) * (d ** -0.5)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    o = jnp.einsum("bkgs,bskd->bkgd", p, v, preferred_element_type=jnp.float32)
+    o = jnp.einsum("bkgs,bksd->bkgd", p, v, preferred_element_type=jnp.float32)
     return o.reshape(b, h, d).astype(q.dtype)
 
 
@@ -421,8 +432,8 @@ def decode_attention_points(configs: Sequence[tuple[int, int, int, int, int]],
             points.append(Point(
                 fn=decode_attention,
                 make_inputs=lambda rng, b=b, s=s, h=h, kvh=kvh, d=d, dt=dtype: (
-                    _normal(rng, (b, h, d), dt), _normal(rng, (b, s, kvh, d), dt),
-                    _normal(rng, (b, s, kvh, d), dt)),
+                    _normal(rng, (b, h, d), dt), _normal(rng, (b, kvh, s, d), dt),
+                    _normal(rng, (b, kvh, s, d), dt)),
                 footprint_bytes=kv + io + 4 * b * h * s * 4,
                 fields=dict(op="decode_attention", kernel="gqa_decode", dtype=dtype, batch=b, seq=s,
                             heads=h, kv_heads=kvh, head_dim=d, bytes=kv + io, flops=4 * b * h * s * d),
@@ -458,7 +469,8 @@ def elementwise_points(sizes: Sequence[int], dtypes: Sequence[str]) -> list[Poin
 def fake_quantize_points(sizes: Sequence[int], formats: Sequence[str], row: int = 1024) -> list[Point]:
     """`numerics.fake_quantize(x, fmt, axis=-1)` on float32 [elements / row, row].
 
-    bytes = 2·elements·4 (read and write float32); flops = 0 (the op class counts bytes only).
+    bytes = 2·elements·4 (read and write float32); flops = what XLA's `cost_analysis()` counts for
+    the compiled kernel (filled in by `time_points`; ~30 per element for the MX formats).
     """
     import numerics
 
@@ -472,7 +484,7 @@ def fake_quantize_points(sizes: Sequence[int], formats: Sequence[str], row: int 
                 make_inputs=lambda rng, e=e: (_normal(rng, (e // row, row), "float32"),),
                 footprint_bytes=2 * e * 4,
                 fields=dict(op="fake_quantize", kernel="fake_quantize", dtype="float32", fmt=fmt,
-                            elements=e, bytes=2 * e * 4, flops=0),
+                            elements=e, bytes=2 * e * 4, flops=None),
             ))
     return points
 
@@ -577,7 +589,10 @@ def plan(quick: bool = True, families: Sequence[str] = FAMILIES, seed: int = 0) 
         configs = _attention_configs(rng, 10 if quick else 40, (128 if quick else 512) << 20)
         points += decode_attention_points(configs, dtypes)
     if "elementwise" in families:
-        points += elementwise_points(log2_grid(1 << 12, 1 << 24, 2 if quick else 1), dtypes)
+        # Quick mode stays at ≤ 16 MiB operands: XLA:CPU output buffers above glibc's 32 MiB mmap
+        # threshold are fresh pages every call, and their page faults (≈ 25 ms for 64 MiB) are not
+        # a bandwidth a roofline has. The full mode measures them (and the report shows the miss).
+        points += elementwise_points(log2_grid(1 << 12, 1 << 22 if quick else 1 << 24, 2 if quick else 1), dtypes)
     if "fake_quantize" in families:
         try:
             import numerics
@@ -607,7 +622,7 @@ def run(quick: bool = True, families: Sequence[str] = FAMILIES, timing: TimingCo
       A `MeasurementSet` whose env holds versions, devices, CPU, git SHA, time, load average at
       start and end, the timing config and the skipped families.
     """
-    timing = timing or (TimingConfig(rounds=5, min_round_s=0.01) if quick else TimingConfig())
+    timing = timing or (QUICK_TIMING if quick else TimingConfig())
     env = environment()
     points, skipped = plan(quick, families, timing.seed)
     start = time.perf_counter()
@@ -623,11 +638,11 @@ def run(quick: bool = True, families: Sequence[str] = FAMILIES, timing: TimingCo
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     parser = argparse.ArgumentParser(prog="python -m perfmodel.measure", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="measurement file to write (CSV, docs/measurements.md)")
-    parser.add_argument("--quick", action="store_true", help="fewer, smaller points (≈1 min on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer, smaller points (about a minute on 2 quiet cores)")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--cpu-devices", type=int, default=8,
                         help="emulated CPU devices for collectives when the backend is CPU (default 8)")
-    parser.add_argument("--rounds", type=int, help="rounds per point (default 5 quick, 7 full)")
+    parser.add_argument("--rounds", type=int, help="rounds per point (default 7)")
     parser.add_argument("--min-round-s", type=float, help="minimum duration of a round (s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -635,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     import jax
 
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-    timing = TimingConfig(rounds=5, min_round_s=0.01) if args.quick else TimingConfig()
+    timing = QUICK_TIMING if args.quick else TimingConfig()
     timing = dataclasses.replace(
         timing, seed=args.seed, **{k: v for k, v in (("rounds", args.rounds), ("min_round_s", args.min_round_s))
                                    if v is not None})

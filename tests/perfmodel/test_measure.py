@@ -81,12 +81,13 @@ def test_gemm_and_attention_points_time_the_right_math():
     assert att.fields["flops"] == 4 * 2 * 4 * 16 * 8
     assert att.fields["bytes"] == (2 * 2 * 16 * 2 * 8 + 2 * 2 * 4 * 8) * 4
     q, k, v = (np.asarray(x, np.float64) for x in att.make_inputs(np.random.default_rng(0)))
-    kk, vv = np.repeat(k, 2, axis=2), np.repeat(v, 2, axis=2)  # query head h uses KV head h // 2
-    s = np.einsum("bhd,bshd->bhs", q, kk) / math.sqrt(8)
+    assert k.shape == (2, 2, 16, 8)  # [batch, kv_heads, seq, head_dim]
+    kk, vv = np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1)  # query head h uses KV head h // 2
+    s = np.einsum("bhd,bhsd->bhs", q, kk) / math.sqrt(8)
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     np.testing.assert_allclose(att.fn(*att.make_inputs(np.random.default_rng(0))),
-                               np.einsum("bhs,bshd->bhd", p, vv), rtol=1e-5, atol=1e-5)
+                               np.einsum("bhs,bhsd->bhd", p, vv), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="kv_heads=3 does not divide heads=4"):
         measure.decode_attention_points([(1, 8, 4, 3, 8)], ["float32"])
 
@@ -174,7 +175,10 @@ def test_fake_quantize_points_when_numerics_has_it():
     (pt,) = measure.fake_quantize_points([2048], [fmt])
     (x,) = pt.make_inputs(np.random.default_rng(0))
     np.testing.assert_array_equal(jax.jit(pt.fn)(x), numerics.fake_quantize(x, fmt, axis=-1))
-    assert pt.fields["bytes"] == 2 * 2048 * 4
+    assert pt.fields["bytes"] == 2 * 2048 * 4 and pt.fields["flops"] is None
+    (row,) = _run([pt])  # flops are XLA's count for the compiled kernel
+    assert row.flops == jax.jit(pt.fn).lower(x).compile().cost_analysis()["flops"] > 2048
+    assert (row.op, row.fmt, row.dtype, row.elements) == ("fake_quantize", fmt, "float32", 2048)
 
 
 def _row(**kw):
