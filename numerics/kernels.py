@@ -149,35 +149,46 @@ def _mx_kernel(xb, elem: ElementFormat, rule: str, rounding: str, key, bax: int)
     return _round_to_grid(y, elem, rounding, key), s, nonfinite
 
 
+def _div(a, b):
+    """IEEE a / b. XLA rewrites a / constant and a / broadcast(b) as a · (1/b), which is not
+    correctly rounded; an optimization barrier on the (broadcast) divisor keeps the true division."""
+    return a / lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(b, jnp.float32), jnp.shape(a)))
+
+
 def _tensor_amax(absb):
     """Largest finite |x| of the whole tensor (float32), from the magnitude bits."""
     return _f32(jnp.max(jnp.where(absb < _EXP, absb, 0)))
 
 
 def _nvfp4_kernel(xb, rounding: str, key, bax: int):
-    """NVFP4: s_t = amax/(6·448) (FP32), s_b = E4M3(block amax / 6 / s_t), elements x/(s_b·s_t) → E2M1."""
+    """NVFP4 in float32 steps, each correctly rounded:
+
+    s_t = amax / (6·448); s_b = E4M3(min(amax_b / 6 / s_t, 448)); X_b = s_b · s_t;
+    P_i = E2M1(x_i · (1 / X_b)) — the element step multiplies by the block's encode scale 1/X_b,
+    as GPU kernels do, rather than dividing every element.
+    """
     x = _flush_subnormals(xb)
     absb = _bits(x) & _ABS
     amax_t = _tensor_amax(absb)
-    s_t = jnp.where(amax_t == 0, np.float32(1), amax_t / np.float32(E2M1.max_normal * _NVFP4_E4M3_MAX))
+    s_t = jnp.where(amax_t == 0, np.float32(1), _div(amax_t, E2M1.max_normal * _NVFP4_E4M3_MAX))
     amax_b = jnp.max(absb, axis=bax, keepdims=True)
     nonfinite = amax_b >= _EXP
-    s_b = jnp.minimum(_f32(amax_b) / np.float32(E2M1.max_normal) / s_t, np.float32(_NVFP4_E4M3_MAX))
+    s_b = jnp.minimum(_div(_div(_f32(amax_b), E2M1.max_normal), s_t), np.float32(_NVFP4_E4M3_MAX))
     s_b = jnp.where(nonfinite, np.float32(0), s_b).astype(ml_dtypes.float8_e4m3fn)
-    x_b = s_b.astype(jnp.float32) * s_t  # the block's effective scale
+    x_b = s_b.astype(jnp.float32) * s_t  # the block's decode scale
     zero = x_b == 0  # zero block, or a block scale below E4M3's range (or flushed): all zeros
-    y = jnp.where(zero, np.float32(0), x / jnp.where(zero, np.float32(1), x_b))
-    return _round_to_grid(y, E2M1, rounding, key), (s_b, s_t, x_b), nonfinite
+    enc = jnp.where(zero, np.float32(0), np.float32(1) / jnp.where(zero, np.float32(1), x_b))
+    return _round_to_grid(x * enc, E2M1, rounding, key), (s_b, s_t, x_b), nonfinite
 
 
 def _per_tensor_kernel(x, elem: ElementFormat, rounding: str, key):
-    """Per-tensor FP8: s_t = amax / max_normal (FP32), elements x / s_t rounded and saturated."""
+    """Per-tensor FP8: s_t = amax / max_normal (FP32); P_i = E4M3(x_i · (1 / s_t)), saturated."""
     x = _flush_subnormals(x)
     absb = _bits(x) & _ABS
     amax_t = _tensor_amax(absb)
-    s_t = jnp.where(amax_t == 0, np.float32(1), amax_t / np.float32(elem.max_normal))
+    s_t = jnp.where(amax_t == 0, np.float32(1), _div(amax_t, elem.max_normal))
     finite = absb < _EXP
-    y = jnp.where(finite, x / s_t, np.float32(0))
+    y = jnp.where(finite, x * (np.float32(1) / s_t), np.float32(0))
     return _round_to_grid(y, elem, rounding, key), s_t, finite
 
 

@@ -110,7 +110,7 @@ def _quantize_parts(x, key, fmt: BlockFormat, axis: int, rule, rounding: str, fa
         if fake:
             return K._from_blocks(jnp.where(nonfinite, np.float32(np.nan), r * x_b), axis, n)
         scales = jnp.where(nonfinite, np.float32(np.nan), s_b.astype(jnp.float32)).astype(ml_dtypes.float8_e4m3fn)
-        codes = r.astype(elem.dtype)
+        codes = jnp.where(nonfinite, np.float32(0), r).astype(elem.dtype)
         return codes.reshape(_padded(x.shape, axis, xb)), jnp.squeeze(scales, axis + 1), s_t
     r, s, nonfinite = K._mx_kernel(xb, elem, rule, rounding, key, axis + 1)
     if fake:
