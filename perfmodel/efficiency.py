@@ -126,9 +126,10 @@ def unconstrain(eff: Efficiency) -> EfficiencyParams:
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), out)
 
 
-# source: prior, not a datasheet figure: tensor cores dominate board power at full load and HBM
-# takes roughly a fifth (H100/H200 power-capping studies attribute 15–25% to memory); links small.
-_POWER_WEIGHTS = (0.75, 0.20, 0.05)
+# source: prior, not a datasheet figure. Memory-bound decode draws ~70% of TDP on an H200
+# (public vLLM power benchmark: 517 W at batch 128 of a 700 W part, idle 80 W), so memory gets a
+# large share; tensor cores the rest; links little. Calibrate against measured power.
+_POWER_WEIGHTS = (0.55, 0.40, 0.05)
 
 
 def datasheet_params(hw: HardwareSpec, *, efficiency: float = 1.0 - 1e-4,

@@ -305,8 +305,13 @@ def collective_time(params, hw: HardwareSpec, kind: str, bytes, n_devices, level
     steps = collective_steps(kind, n_devices)
     traffic = collective_traffic(kind, bytes, n_devices)
     lvl = link_level(hw, n_devices) if level is None else jnp.asarray(level)
-    bw = jnp.asarray([l.bandwidth_bytes_per_s for l in hw.links], jnp.float32)[lvl] * eff.link_eff[lvl]
-    return eff.link_alpha_s[lvl] * steps + traffic / bw
+    bw = _per_level(lvl, [l.bandwidth_bytes_per_s for l in hw.links]) * _per_level(lvl, eff.link_eff)
+    return _per_level(lvl, eff.link_alpha_s) * steps + traffic / bw
+
+
+def _per_level(lvl, values):
+    """values[lvl] for a level array, as selects (a gather per design point is slow on CPU)."""
+    return jnp.where(lvl == 0, values[0], jnp.where(lvl == 1, values[1], values[2]))
 
 
 __all__ = [

@@ -1,0 +1,594 @@
+"""One decode step, one prefill, or one co-located iteration of a model under a layout.
+
+Design points are `LayoutArrays`: a pytree of float arrays (degrees, batch, bits), so every
+function here is jit-able, `vmap`-able over millions of layouts and differentiable in the degrees
+(relaxed to reals) and in the efficiency parameters. `layout_arrays(Layout)` converts the frozen
+spec. API:
+
+    decode_step(model, hw, params, lay, seq_len) -> StepCost          one token for every sequence
+    prefill_step(model, hw, params, lay, isl) -> StepCost             the prompts of `batch` sequences
+    mixed_step(model, hw, params, lay, seq_len, isl, osl) -> StepCost  decode + piggybacked prefill
+    memory_footprint(model, lay, seq_len, tokens) -> Memory           per GPU: weights, KV, activations
+    decode_read_bytes(model, lay, seq_len) -> (kv, weights)           per GPU per dense layer
+    appendix_a_read_times(...)                                        the paper's roofline, literally
+
+Layer dataflow on the N = dp_attn·kvp·tpa GPUs of one pipeline stage (Helix, arXiv 2507.07120 §2;
+G = kvp·tpa is one attention group, T tokens per replica, T_a = T / dp_attn per group):
+
+    attention  QKV by TPA (K heads per GPU: max(1, K/TPA), duplicated when TPA > K), attention
+               over S/KVP cached tokens, all-to-all over KVP (partial outputs + LSE), W_O by G,
+               all-reduce over G. HOP-B over `microbatches` n: c + m + (n−1)·max(c, m).
+    dense FFN  all-gather over dp_attn, TP over tpf·ep, all-reduce over tpf·ep.
+    MoE FFN    router; dispatch all-to-all over dp_attn; local experts E/EP, each TPF-sharded,
+               reading only the experts that got a token: (E/EP)·(1 − (1 − k/E)^T); shared experts
+               TP over G; combine all-to-all over dp_attn; all-reduce over G.
+    PP         `pp` stages each hold ⌈L/pp⌉ layers; m = min(pp, B) micro-batches of B/m in flight;
+               a token passes every stage: latency = L·t_layer(B/m) + (pp − 1)·t_send.
+
+Familiar layouts: TP (tpa = tpf = N), Helix (kvp·tpa = tpf·ep = N), DP attention + EP (dp_attn =
+ep = N), Medha-style KVP (kvp·tpa = N, FFN TP over tpf = tpa only, replicated: tpf·ep < N is allowed
+in `LayoutArrays` for dense models, not in `Layout`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import ops
+from .efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, GROUPED_GEMM, PREFILL_ATTENTION
+from .specs import HardwareSpec, Layout, ModelSpec
+
+_LSE_BYTES = 4.0  # one FP32 log-sum-exp per (token, head) travels with the partial outputs
+
+
+class LayoutArrays(NamedTuple):
+    """A design point (or a batch of them) as float arrays; fields as in `specs.Layout`.
+
+    hopb is 1.0 (overlap) or 0.0 (sequential micro-batches); *_bits are bits per element.
+    """
+
+    tpa: jax.Array
+    kvp: jax.Array
+    dp_attn: jax.Array
+    tpf: jax.Array
+    ep: jax.Array
+    pp: jax.Array
+    dp: jax.Array
+    batch: jax.Array
+    microbatches: jax.Array
+    chunk: jax.Array
+    hopb: jax.Array
+    weight_bits: jax.Array
+    kv_bits: jax.Array
+    act_bits: jax.Array
+    comm_bits: jax.Array
+
+    @property
+    def n_attention(self):
+        """N: GPUs of one pipeline stage."""
+        return self.dp_attn * self.kvp * self.tpa
+
+    @property
+    def n_gpus(self):
+        """All GPUs: N · pp · dp."""
+        return self.n_attention * self.pp * self.dp
+
+
+_DEFAULTS = dict(tpa=1.0, kvp=1.0, dp_attn=1.0, tpf=1.0, ep=1.0, pp=1.0, dp=1.0, batch=1.0,
+                 microbatches=1.0, chunk=0.0, hopb=1.0, weight_bits=16.0, kv_bits=16.0, act_bits=16.0,
+                 comm_bits=16.0)
+
+
+def make_layout_arrays(**fields) -> LayoutArrays:
+    """LayoutArrays from keyword arrays (broadcast together; missing fields take defaults).
+
+    Raises:
+      ValueError: an unknown field name.
+    """
+    unknown = sorted(set(fields) - set(_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown LayoutArrays fields {unknown}; valid: {list(_DEFAULTS)}")
+    values = [jnp.asarray(fields.get(k, v), jnp.float32) for k, v in _DEFAULTS.items()]
+    return LayoutArrays(*jnp.broadcast_arrays(*values))
+
+
+def layout_arrays(layout: Layout) -> LayoutArrays:
+    """The float design point of a `Layout` (formats turned into bits per element)."""
+    return make_layout_arrays(
+        tpa=layout.tpa, kvp=layout.kvp, dp_attn=layout.dp_attn, tpf=layout.tpf, ep=layout.ep,
+        pp=layout.pp, dp=layout.dp, batch=layout.batch, microbatches=layout.microbatches,
+        chunk=layout.chunk, hopb=float(layout.hopb), weight_bits=layout.weight_bits,
+        kv_bits=layout.kv_bits, act_bits=layout.act_bits, comm_bits=layout.comm_bits,
+    )
+
+
+def stack_layouts(layouts) -> LayoutArrays:
+    """Stack `Layout`s into one LayoutArrays with a leading axis."""
+    return jax.tree.map(lambda *x: jnp.stack(x), *[layout_arrays(l) for l in layouts])
+
+
+def exact_ceil(x):
+    """ceil(x) in value, d/dx = 1 in gradient (straight-through): exact at integer layouts, and
+    still informative for a gradient search (e.g. layers of the largest pipeline stage)."""
+    return x + jax.lax.stop_gradient(jnp.ceil(x - 1e-4) - x)
+
+
+def max1_relaxed(x):
+    """max(1, x), exact outside (1, 2) and C¹: 1 + (x−1)²(2 − (x−1)) on [1, 2].
+
+    ceil(K/TPA) for valid layouts (TPA divides K, or K divides TPA) is max(1, K/TPA); this
+    relaxation equals it at every such point (and every integer) yet has a continuous gradient.
+    """
+    u = jnp.clip(x - 1.0, 0.0, 1.0)
+    return jnp.where(x >= 2.0, x, 1.0 + u * u * (2.0 - u))
+
+
+class StepCost(NamedTuple):
+    """Cost of a step on one GPU. Times in seconds; flops and bytes per GPU per period.
+
+    time_s: latency (decode: TTL; prefill: TTFT of the batch; mixed: the iteration).
+    period_s: steady-state time between completions of this step (pipelining overlaps steps).
+    attention_s, ffn_s, comm_s, other_s: critical-path split of one pass through the layers
+      (exposed communication in comm_s).
+    flops, hbm_bytes, net_bytes: work per GPU per period.
+    busy_compute_s, busy_memory_s, busy_link_s: that work at the datasheet peaks (for utilization).
+    """
+
+    time_s: jax.Array
+    period_s: jax.Array
+    attention_s: jax.Array
+    ffn_s: jax.Array
+    comm_s: jax.Array
+    other_s: jax.Array
+    flops: jax.Array
+    hbm_bytes: jax.Array
+    net_bytes: jax.Array
+    busy_compute_s: jax.Array
+    busy_memory_s: jax.Array
+    busy_link_s: jax.Array
+
+
+class _Tally:
+    """Trace-time accumulator of op costs (Python object; everything inside is jnp)."""
+
+    def __init__(self, hw: HardwareSpec, eff, lay: LayoutArrays):
+        self.hw, self.eff = hw, eff
+        self.peak = hw.peak_flops(jnp.maximum(lay.weight_bits, lay.act_bits))
+        self.peak_attn = hw.peak_flops(jnp.maximum(lay.kv_bits, lay.act_bits))
+        self.bw = hw.hbm_bandwidth_bytes_per_s
+        z = jnp.zeros_like(lay.batch)
+        self.parts = {"attention": z, "ffn": z, "comm": z, "other": z}
+        self.flops = self.hbm = self.net = self.busy_c = self.busy_m = self.busy_l = z
+
+    def work(self, flops, nbytes, peak, count):
+        self.flops = self.flops + count * flops
+        self.hbm = self.hbm + count * nbytes
+        self.busy_c = self.busy_c + count * flops / peak
+        self.busy_m = self.busy_m + count * nbytes / self.bw
+
+    def op_time(self, cls, flops, nbytes, peak):
+        return ops.op_time(self.eff, cls, flops, nbytes, peak, self.bw)
+
+    def op(self, part, cls, cost, count, peak=None):
+        peak = self.peak if peak is None else peak
+        flops, nbytes = cost
+        self.work(flops, nbytes, peak, count)
+        t = self.op_time(cls, flops, nbytes, peak)
+        self.parts[part] = self.parts[part] + count * t
+        return t
+
+    def coll_time(self, kind, nbytes, n):
+        return ops.collective_time(self.eff, self.hw, kind, nbytes, n)
+
+    def coll_work(self, kind, nbytes, n, count):
+        traffic = ops.collective_traffic(kind, nbytes, n)
+        self.net = self.net + count * traffic
+        bw = ops._per_level(ops.link_level(self.hw, n), [l.bandwidth_bytes_per_s for l in self.hw.links])
+        self.busy_l = self.busy_l + count * traffic / bw
+
+    def coll(self, kind, nbytes, n, count, part="comm"):
+        self.coll_work(kind, nbytes, n, count)
+        t = self.coll_time(kind, nbytes, n)
+        self.parts[part] = self.parts[part] + count * t
+        return t
+
+    def scale(self, factor):
+        for k in self.parts:
+            self.parts[k] = self.parts[k] * factor
+
+    def total(self):
+        return sum(self.parts.values())
+
+
+class _Shape(NamedTuple):
+    """New tokens of one pass: decode sequences at a context, and prefill tokens."""
+
+    dec_seqs: jax.Array | None  # decode sequences per replica (one new token each)
+    dec_ctx: jax.Array | None  # cached tokens each reads
+    pf_tokens: jax.Array | None  # prefill tokens per replica
+    pf_seqs: jax.Array | None  # sequences those tokens belong to
+    pf_pairs: jax.Array | None  # causal query-key pairs per prefill sequence
+    pf_kv: jax.Array | None  # keys each prefill sequence reads
+
+    @property
+    def tokens(self):
+        t = 0.0
+        if self.dec_seqs is not None:
+            t = t + self.dec_seqs
+        if self.pf_tokens is not None:
+            t = t + self.pf_tokens
+        return t
+
+
+def _bytes(bits):
+    return bits / 8.0
+
+
+def _attention(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
+    """One attention block (pre-norm, QKV, attention, KVP all-to-all, W_O, all-reduce), per GPU."""
+    wb, kb, ab, cb = (_bytes(lay.weight_bits), _bytes(lay.kv_bits), _bytes(lay.act_bits),
+                      _bytes(lay.comm_bits))
+    d, g = lay.dp_attn, lay.kvp * lay.tpa
+    h, q = float(m.hidden), float(m.n_heads)
+    qh = q / lay.tpa
+    kvh = max1_relaxed(m.n_kv_heads / lay.tpa)
+    ta = s.tokens / d
+    mb = lay.microbatches
+    t.op("other", ELEMENTWISE, (10.0 * ta * h, 10.0 * ta * h * ab), count, peak=t.hw.flops_fp32)
+    if m.is_mla:
+        rope, nope, lat, v = float(m.rope_dim), float(m.head_dim), float(m.kv_lora_rank), float(m.v_dim)
+        if m.q_lora_rank:
+            t.op("attention", GEMM, ops.gemm_cost(ta, float(m.q_lora_rank), h, ab, wb), count)
+        k_q = float(m.q_lora_rank) or h
+        t.op("attention", GEMM, ops.gemm_cost(ta, qh * (nope + rope), k_q, ab, wb), count)
+        t.op("attention", GEMM, ops.gemm_cost(ta, lat + rope, h, ab, wb), count)
+    else:
+        hsz = float(m.head_dim)
+        t.op("attention", GEMM, ops.gemm_cost(ta, (qh + 2.0 * kvh) * hsz, h, ab, wb), count)
+    v_out = float(m.v_dim)
+    if s.dec_seqs is not None:
+        bd = s.dec_seqs / d
+        if m.is_mla:  # absorbed MLA: q_nope·W_UK into the latent, attention over it, latent·W_UV
+            t.op("attention", GROUPED_GEMM, ops.grouped_gemm_cost(bd * qh, lat, nope, qh, ab, wb), count)
+            attn = ops.decode_attention_cost(bd / mb, s.dec_ctx / lay.kvp, qh, 1.0, lat + rope, lat, kb,
+                                             latent=True, act_bytes_per_elem=ab)
+        else:
+            attn = ops.decode_attention_cost(bd / mb, s.dec_ctx / lay.kvp, qh, kvh, hsz, hsz, kb,
+                                             act_bytes_per_elem=ab)
+        c = t.op_time(DECODE_ATTENTION, attn[0], attn[1], t.peak_attn)
+        t.work(attn[0], attn[1], t.peak_attn, count * mb)
+        a2a_bytes = (bd / mb) * qh * (v_out * cb + _LSE_BYTES)
+        comm = t.coll_time("all_to_all", a2a_bytes, lay.kvp)
+        t.coll_work("all_to_all", a2a_bytes, lay.kvp, count * mb)
+        overlapped = c + comm + (mb - 1.0) * ops.smooth_max(c, comm)
+        sequential = mb * (c + comm)
+        total = lay.hopb * overlapped + (1.0 - lay.hopb) * sequential
+        t.parts["attention"] = t.parts["attention"] + count * mb * c
+        t.parts["comm"] = t.parts["comm"] + count * (total - mb * c)
+        if m.is_mla:
+            t.op("attention", GROUPED_GEMM, ops.grouped_gemm_cost(bd * qh, v_out, lat, qh, ab, wb), count)
+    if s.pf_tokens is not None:
+        seqs = s.pf_seqs / d
+        q_len = s.pf_tokens / s.pf_seqs
+        kv_len = s.pf_kv / lay.kvp
+        if m.is_mla:  # prefill runs MLA expanded: latent context × W_UK/W_UV, then MHA
+            t.op("attention", GEMM, ops.gemm_cost(seqs * kv_len, qh * (nope + v_out), lat, kb, wb, ab), count)
+            cost = ops.prefill_attention_cost(seqs, q_len, kv_len, qh, qh, nope + rope, v_out, ab,
+                                              pairs=s.pf_pairs / lay.kvp)
+        else:
+            cost = ops.prefill_attention_cost(seqs, q_len, kv_len, qh, kvh, hsz, hsz, ab, kv_bytes_per_elem=kb,
+                                              pairs=s.pf_pairs / lay.kvp)
+        t.op("attention", PREFILL_ATTENTION, cost, count, peak=t.peak_attn)
+        t.coll("all_to_all", (s.pf_tokens / d) * qh * (v_out * cb + _LSE_BYTES), lay.kvp, count)
+    t.op("attention", GEMM, ops.gemm_cost(ta, h, q / g * v_out, ab, wb), count)
+    t.coll("all_reduce", ta * h * cb, g, count)
+
+
+def _dense_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
+    wb, ab, cb = _bytes(lay.weight_bits), _bytes(lay.act_bits), _bytes(lay.comm_bits)
+    h, f, nf = float(m.hidden), float(m.ffn), lay.tpf * lay.ep
+    tok = s.tokens
+    t.coll("all_gather", tok * h * cb, lay.dp_attn, count)
+    t.op("ffn", GEMM, ops.gemm_cost(tok, 2.0 * f / nf, h, ab, wb), count)
+    t.op("other", ELEMENTWISE, (3.0 * tok * f / nf, 3.0 * tok * f / nf * ab), count, peak=t.hw.flops_fp32)
+    t.op("ffn", GEMM, ops.gemm_cost(tok, h, f / nf, ab, wb), count)
+    t.coll("all_reduce", tok * h * cb, nf, count)
+
+
+def expected_active_experts(n_experts, top_k, tokens):
+    """E·(1 − (1 − k/E)^T): experts that receive at least one of T uniformly routed tokens."""
+    return n_experts * (1.0 - jnp.exp(tokens * jnp.log1p(-top_k / n_experts)))
+
+
+def _moe_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
+    wb, ab, cb = _bytes(lay.weight_bits), _bytes(lay.act_bits), _bytes(lay.comm_bits)
+    h, fe, e, k = float(m.hidden), float(m.expert_ffn), float(m.n_experts), float(m.top_k)
+    d, g, n = lay.dp_attn, lay.kvp * lay.tpa, lay.n_attention
+    tok = s.tokens
+    ta = tok / d
+    t.op("ffn", GEMM, ops.gemm_cost(ta, e, h, ab, wb), count)
+    dispatch = tok / n * k * h * cb
+    t.coll("all_to_all", dispatch, d, count)
+    local_tokens = tok * k / lay.ep
+    active = expected_active_experts(e, k, tok) / lay.ep
+    t.op("ffn", GROUPED_GEMM, ops.grouped_gemm_cost(local_tokens, 2.0 * fe / lay.tpf, h, active, ab, wb), count)
+    t.op("other", ELEMENTWISE, (3.0 * local_tokens * fe / lay.tpf, 3.0 * local_tokens * fe / lay.tpf * ab),
+         count, peak=t.hw.flops_fp32)
+    t.op("ffn", GROUPED_GEMM, ops.grouped_gemm_cost(local_tokens, h, fe / lay.tpf, active, ab, wb), count)
+    if m.n_shared_experts:
+        fs = float(m.n_shared_experts) * fe
+        t.op("ffn", GEMM, ops.gemm_cost(ta, 2.0 * fs / g, h, ab, wb), count)
+        t.op("ffn", GEMM, ops.gemm_cost(ta, h, fs / g, ab, wb), count)
+    t.coll("all_to_all", dispatch, d, count)
+    t.coll("all_reduce", ta * h * cb, g, count)
+
+
+def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0) -> _Tally:
+    """All layers of one pipeline pass (every stage once), plus embedding and LM head.
+
+    `head_count` scales the LM head (prefill: one head per prompt, not per chunk).
+    """
+    t = _Tally(hw, eff, lay)
+    n_moe = float(model.n_moe_layers)
+    n_dense = float(model.n_layers) - n_moe
+    if n_dense:
+        _attention(t, model, lay, s, n_dense)
+        _dense_ffn(t, model, lay, s, n_dense)
+    if n_moe:
+        _attention(t, model, lay, s, n_moe)
+        _moe_ffn(t, model, lay, s, n_moe)
+    ab, wb = _bytes(lay.act_bits), _bytes(lay.weight_bits)
+    h, v = float(model.hidden), float(model.vocab)
+    d, g = lay.dp_attn, lay.kvp * lay.tpa
+    t.op("other", ELEMENTWISE, (0.0, s.tokens / d * h * (wb + ab)), 1.0, peak=hw.flops_fp32)
+    t.op("other", GEMM, ops.gemm_cost(out_tokens / d, v / g, h, ab, wb), head_count)
+    hop_bytes = s.tokens / d * h * ab
+    level_n = lay.n_attention * lay.pp
+    t.coll_work("send_recv", hop_bytes, jnp.minimum(level_n, 2.0), lay.pp - 1.0)
+    send = ops.collective_time(eff, hw, "send_recv", hop_bytes, 2.0, level=ops.link_level(hw, level_n))
+    t.parts["comm"] = t.parts["comm"] + (lay.pp - 1.0) * send
+    return t
+
+
+def _cost(t: _Tally, time_s, period_s, work_scale) -> StepCost:
+    p = t.parts
+    return StepCost(
+        time_s=time_s, period_s=period_s, attention_s=p["attention"], ffn_s=p["ffn"], comm_s=p["comm"],
+        other_s=p["other"], flops=work_scale * t.flops, hbm_bytes=work_scale * t.hbm,
+        net_bytes=work_scale * t.net, busy_compute_s=work_scale * t.busy_c,
+        busy_memory_s=work_scale * t.busy_m, busy_link_s=work_scale * t.busy_l,
+    )
+
+
+def _largest_stage(model: ModelSpec, lay: LayoutArrays):
+    """Share of the layers on the largest pipeline stage: ⌈L/pp⌉ / L."""
+    return exact_ceil(float(model.n_layers) / lay.pp) / float(model.n_layers)
+
+
+def _bottleneck(model: ModelSpec, lay: LayoutArrays, in_flight):
+    """Uneven stages: m micro-batches queue at the largest stage, so a pass takes
+    max(1, m·⌈L/pp⌉/L) times the sum of the stages (1 when pp divides L)."""
+    return jnp.maximum(1.0, in_flight * _largest_stage(model, lay))
+
+
+def pipeline_microbatches(lay: LayoutArrays):
+    """Decode micro-batches in flight through the pipeline: min(pp, batch) (a stage never
+    splits a request; with fewer requests than stages the others idle)."""
+    return jnp.minimum(lay.pp, lay.batch)
+
+
+def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len) -> StepCost:
+    """One decode step: every one of `batch` sequences gets a token (TTL = time_s).
+
+    The batch is split into m = min(pp, B) pipeline micro-batches of B/m in flight; each passes
+    every stage, so TTL = L·t_layer(B/m) + (pp − 1)·t_send and a GPU works m/pp of the time.
+
+    Args:
+      model, hw: specs. params: `EfficiencyParams` (or `Efficiency`).
+      lay: the design point(s). seq_len: cached tokens each sequence attends to.
+
+    Returns:
+      `StepCost` (per GPU; work per period = per TTL).
+
+    References:
+      Helix, arXiv 2507.07120 §2 and Appendix A.
+    """
+    eff = ops.as_efficiency(params)
+    in_flight = pipeline_microbatches(lay)
+    b = lay.batch / in_flight
+    seq_len = jnp.asarray(seq_len, jnp.float32)
+    s = _Shape(b, seq_len, None, None, None, None)
+    t = _pass(model, hw, eff, lay, s, b)
+    time = t.total() * _bottleneck(model, lay, in_flight)
+    return _cost(t, time, time, in_flight / lay.pp)
+
+
+def _chunk_shape(tokens_per_seq_chunk, seqs, isl):
+    """Prefill of `seqs` sequences in chunks of c tokens: per-chunk average causal pairs and keys."""
+    c = tokens_per_seq_chunk
+    prefix = 0.5 * (isl - c)  # average prefix before a chunk
+    pairs = c * prefix + 0.5 * c * (c + 1.0)
+    return pairs, prefix + c
+
+
+def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, isl) -> StepCost:
+    """Prefill of `batch` prompts of `isl` tokens, chunked (`chunk` > 0) and pipelined over `pp`.
+
+    Chunks of C tokens (C = isl when chunk = 0) are the pipeline's micro-batches (chunked
+    pipeline parallelism, arXiv 2506.05508 §2): TTFT = (isl/C + pp − 1)·t_stage, and a new batch
+    enters every (isl/C)·t_stage (period_s).
+
+    Args:
+      isl: prompt tokens per sequence.
+
+    Returns:
+      `StepCost`: time_s = TTFT of the batch (without queueing), period_s as above.
+    """
+    eff = ops.as_efficiency(params)
+    isl = jnp.asarray(isl, jnp.float32)
+    c = jnp.where(lay.chunk > 0, jnp.minimum(lay.chunk, isl), isl)
+    n_chunks = isl / c
+    pairs, kv = _chunk_shape(c, lay.batch, isl)
+    s = _Shape(None, None, lay.batch * c, lay.batch, pairs, kv)
+    t = _pass(model, hw, eff, lay, s, lay.batch, head_count=1.0 / n_chunks)
+    stage = t.total() * _largest_stage(model, lay)
+    ttft = (n_chunks + lay.pp - 1.0) * stage
+    t.scale(n_chunks)
+    return _cost(t, ttft, n_chunks * stage, n_chunks / lay.pp)
+
+
+def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, isl, osl) -> StepCost:
+    """One co-located iteration: `batch` decode tokens plus piggybacked prefill tokens.
+
+    Rate balance (Sarathi-style chunked prefill): a steady state finishes B/OSL requests per
+    iteration, so it must prefill P = B·ISL/OSL prompt tokens per iteration, in chunks of
+    c = min(P, ISL) tokens of P/c prompts. TTL = time_s; TTFT ≈ max(1, ISL/P)·time_s.
+
+    Args:
+      seq_len: context of the decoding sequences (ISL + OSL/2 on average).
+      isl, osl: request lengths.
+
+    Returns:
+      `StepCost` of one iteration.
+    """
+    eff = ops.as_efficiency(params)
+    in_flight = pipeline_microbatches(lay)
+    b = lay.batch / in_flight
+    isl = jnp.asarray(isl, jnp.float32)
+    p = b * isl / jnp.asarray(osl, jnp.float32)
+    c = jnp.minimum(p, isl)
+    pairs, kv = _chunk_shape(c, p / c, isl)
+    s = _Shape(b, jnp.asarray(seq_len, jnp.float32), p, p / c, pairs, kv)
+    t = _pass(model, hw, eff, lay, s, b + p / c)
+    time = t.total() * _bottleneck(model, lay, in_flight)
+    return _cost(t, time, time, in_flight / lay.pp)
+
+
+# ------------------------------------------------------------------------------------------ memory
+
+class Memory(NamedTuple):
+    """Bytes per GPU."""
+
+    weights_bytes: jax.Array
+    kv_bytes: jax.Array
+    activation_bytes: jax.Array
+
+    @property
+    def total_bytes(self):
+        return self.weights_bytes + self.kv_bytes + self.activation_bytes
+
+
+def attention_weights_per_gpu(model: ModelSpec, lay: LayoutArrays):
+    """Attention weight elements of one layer on one GPU: QKV (and MLA up-projections) by TPA,
+    MLA down-projections replicated, W_O by G = KVP·TPA."""
+    h, q = float(model.hidden), float(model.n_heads)
+    qh, g = q / lay.tpa, lay.kvp * lay.tpa
+    w_o = q / g * float(model.v_dim) * h
+    if model.is_mla:
+        nope, rope, lat, v = (float(model.head_dim), float(model.rope_dim), float(model.kv_lora_rank),
+                              float(model.v_dim))
+        ql = float(model.q_lora_rank)
+        w_q = h * ql + ql * qh * (nope + rope) if ql else h * qh * (nope + rope)
+        return w_q + h * (lat + rope) + qh * lat * (nope + v) + w_o
+    kvh = max1_relaxed(model.n_kv_heads / lay.tpa)
+    return h * (qh + 2.0 * kvh) * float(model.head_dim) + w_o
+
+
+def ffn_weights_per_gpu(model: ModelSpec, lay: LayoutArrays, moe: bool):
+    """FFN weight elements of one layer on one GPU (dense: TP over tpf·ep; MoE: E/EP experts,
+    TPF-sharded, shared experts TP over G, replicated router)."""
+    h = float(model.hidden)
+    if not moe:
+        return 3.0 * h * float(model.ffn) / (lay.tpf * lay.ep)
+    g = lay.kvp * lay.tpa
+    fe = float(model.expert_ffn)
+    return (float(model.n_experts) / lay.ep * 3.0 * h * fe / lay.tpf
+            + float(model.n_shared_experts) * 3.0 * h * fe / g + h * float(model.n_experts))
+
+
+def kv_elems_per_token_per_gpu(model: ModelSpec, lay: LayoutArrays):
+    """Cached elements per token per layer on one GPU: 2·max(1, K/TPA)·Hsz, or the MLA latent
+    (kv_lora_rank + rope_dim), duplicated on every TPA rank."""
+    if model.is_mla:
+        return jnp.full_like(lay.tpa, float(model.kv_lora_rank + model.rope_dim))
+    return 2.0 * max1_relaxed(model.n_kv_heads / lay.tpa) * float(model.head_dim)
+
+
+def memory_footprint(model: ModelSpec, lay: LayoutArrays, seq_len, tokens=None) -> Memory:
+    """Per-GPU HBM use: weights of ⌈L/pp⌉ layers (+ embedding/LM head, vocab-parallel over G), the
+    KV cache of B/dp_attn sequences × seq_len/KVP tokens × ⌈L/pp⌉ layers, activations of `tokens`.
+    Dense and MoE layers are spread over the stages in proportion.
+
+    Args:
+      seq_len: cached tokens per sequence.
+      tokens: tokens in flight per pass (default: a decode micro-batch, batch / min(pp, batch)).
+
+    Returns:
+      `Memory` (bytes).
+    """
+    wb, kb, ab = _bytes(lay.weight_bits), _bytes(lay.kv_bits), _bytes(lay.act_bits)
+    n_moe = float(model.n_moe_layers)
+    n_dense = float(model.n_layers) - n_moe
+    g = lay.kvp * lay.tpa
+    stage = _largest_stage(model, lay)
+    per_stage = (float(model.n_layers) * attention_weights_per_gpu(model, lay)
+                 + n_dense * ffn_weights_per_gpu(model, lay, False)
+                 + n_moe * ffn_weights_per_gpu(model, lay, True)) * stage
+    embed = float(model.vocab) * float(model.hidden) / g * (1.0 + 1.0 / lay.pp)
+    weights = (per_stage + embed) * wb
+    kv = (lay.batch / lay.dp_attn * jnp.asarray(seq_len, jnp.float32) / lay.kvp
+          * kv_elems_per_token_per_gpu(model, lay) * float(model.n_layers) * stage * kb)
+    tok = lay.batch / pipeline_microbatches(lay) if tokens is None else tokens
+    h = float(model.hidden)
+    act = tok * 6.0 * h
+    if n_dense:
+        act = act + tok * 2.0 * float(model.ffn) / (lay.tpf * lay.ep)
+    if n_moe:
+        act = act + tok * float(model.top_k) / lay.ep * 2.0 * float(model.expert_ffn) / lay.tpf
+    return Memory(weights, kv, act * ab)
+
+
+def fits(model: ModelSpec, hw: HardwareSpec, lay: LayoutArrays, seq_len, tokens=None):
+    """True where the per-GPU footprint fits HBM; also returns the use ratio (smooth constraint)."""
+    ratio = memory_footprint(model, lay, seq_len, tokens).total_bytes / hw.hbm_capacity_bytes
+    return ratio <= 1.0, ratio
+
+
+# ---------------------------------------------------------------------------- Appendix A roofline
+
+def decode_read_bytes(model: ModelSpec, lay: LayoutArrays, seq_len):
+    """(KV bytes, weight bytes) one GPU reads per dense layer in a decode step, as the model counts.
+
+    KV: B/dp_attn · S/KVP · kv_elems_per_token_per_gpu · kv_bytes. Weights: attention (QKV by TPA,
+    W_O by KVP·TPA) + FFN (3·H·F / (TPF·EP)).
+    """
+    kv = (lay.batch / lay.dp_attn * jnp.asarray(seq_len, jnp.float32) / lay.kvp
+          * kv_elems_per_token_per_gpu(model, lay) * _bytes(lay.kv_bits))
+    w = (attention_weights_per_gpu(model, lay) + ffn_weights_per_gpu(model, lay, False)) * _bytes(lay.weight_bits)
+    return kv, w
+
+
+def appendix_a_read_times(batch, q_heads, kv_heads, head_size, hidden, ffn, seq_len, tpa, kvp, tpf,
+                          bytes_per_elem, hbm_bytes_per_s):
+    """The Helix paper's per-layer roofline, literally (Appendix A):
+
+        KV read      = B · 2 · ⌈K/TPA⌉ · Hsz · (S/KVP) · bytes / MemBW
+        weight read  = (2·H·(Q/TPA)·Hsz + 2·H·⌈K/TPA⌉·Hsz + 3·H·F/TPF) · bytes / MemBW
+
+    Args: scalars as in the paper (Q, K heads; Hsz head size; H hidden; F FFN; S context).
+
+    Returns:
+      (kv_read_s, weight_read_s).
+
+    References:
+      Helix, arXiv 2507.07120, Appendix A and Fig. 1.
+    """
+    kv_per_gpu = np.ceil(kv_heads / tpa)
+    kv = batch * 2 * kv_per_gpu * head_size * (seq_len / kvp) * bytes_per_elem / hbm_bytes_per_s
+    w = (2 * hidden * (q_heads / tpa) * head_size + 2 * hidden * kv_per_gpu * head_size
+         + 3 * hidden * ffn / tpf) * bytes_per_elem / hbm_bytes_per_s
+    return kv, w
