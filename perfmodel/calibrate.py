@@ -16,6 +16,7 @@ compares the fit with the uncalibrated datasheet roofline on train and held-out 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -136,21 +137,51 @@ class Data:
 jax.tree_util.register_dataclass(Data, data_fields=["cols", "log_t", "weight"], meta_fields=[])
 
 
-def make_data(rows: Sequence[Measurement], dtype=jnp.float32) -> tuple[Data, dict[str, np.ndarray]]:
-    """Group rows by op class; weights make each class count equally.
+STATISTICS = ("median", "min")
+
+
+def measured_times(rows: Sequence[Measurement], statistic: str = "median") -> np.ndarray:
+    """The time each row is fitted to: `median_s` (default) or `min_s` (seconds).
+
+    The minimum is the steadier statistic on a shared machine (contention only ever adds time); the
+    median is the one NOTES.md validates on a quiet one.
+
+    Raises:
+      ValueError: an unknown statistic.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic={statistic!r} is not one of {STATISTICS}")
+    return np.array([r.median_s if statistic == "median" else r.min_s for r in rows], np.float64)
+
+
+def make_data(rows: Sequence[Measurement], dtype=jnp.float32, statistic: str = "median",
+              train: np.ndarray | None = None) -> tuple[Data, dict[str, np.ndarray]]:
+    """Group rows by op class; training rows weigh 1/(#classes · #training rows of the class).
+
+    Held-out rows stay in the arrays with weight 0, so every split of one file has the same shapes
+    (and `fit` compiles once).
+
+    Args:
+      rows: the measurements.
+      dtype: of the arrays.
+      statistic: see `measured_times`.
+      train: bool [len(rows)], the training rows (default all).
 
     Returns:
       (data, index): index[op] are the positions in `rows` of that class's entries in data.
     """
+    train = np.ones(len(rows), bool) if train is None else np.asarray(train, bool)
     index: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         index.setdefault(r.op, []).append(i)
+    n_classes = len({rows[i].op for i in np.flatnonzero(train)}) or 1
     cols, log_t, weight = {}, {}, {}
     for op, idx in index.items():
         sub = [rows[i] for i in idx]
         cols[op] = {k: jnp.asarray(v, dtype) for k, v in columns(sub).items()}
-        log_t[op] = jnp.asarray(np.log([r.median_s for r in sub]), dtype)
-        weight[op] = jnp.full(len(sub), 1.0 / (len(index) * len(sub)), dtype)
+        log_t[op] = jnp.asarray(np.log(measured_times(sub, statistic)), dtype)
+        mask = train[idx]
+        weight[op] = jnp.asarray(mask / (n_classes * max(int(mask.sum()), 1)), dtype)
     return Data(cols, log_t, weight), {op: np.asarray(idx) for op, idx in index.items()}
 
 
@@ -356,9 +387,12 @@ class FitReport:
 
 
 def error_report(rows: Sequence[Measurement], held: np.ndarray, predictions: Mapping[str, np.ndarray],
-                 threshold_s: float = 1e-3) -> tuple[tuple[dict, ...], dict]:
-    """Error summaries per model, subset, op class (and "all"), kernel filter; and the headline."""
-    measured = np.array([r.median_s for r in rows])
+                 threshold_s: float = 1e-3, statistic: str = "median") -> tuple[tuple[dict, ...], dict]:
+    """Error summaries per model, subset, op class (and "all"), kernel filter; and the headline.
+
+    Errors are against `measured_times(rows, statistic)`; "> 1 ms" filters on the same times.
+    """
+    measured = measured_times(rows, statistic)
     ops = np.array([r.op for r in rows])
     long = measured > threshold_s
     errors = []
@@ -388,12 +422,35 @@ def predict_rows(params, hardware, rows: Sequence[Measurement], predict: Predict
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("hardware", "predict", "loss", "loss_scale", "steps"))
+def _train(params0, prior_params, data: Data, prior_weight, learning_rate, *, hardware, predict, loss,
+           loss_scale, steps):
+    """`steps` full-batch Adam steps on `objective` in one `lax.scan` (cosine-decayed step size,
+    global-norm clipping). Returns (params, loss per step, final loss)."""
+
+    def obj(p):
+        return objective(p, data, prior_params, hardware, predict, loss=loss, loss_scale=loss_scale,
+                         prior_weight=prior_weight)
+
+    schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1), alpha=0.02)
+    opt = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
+
+    def step(carry, _):
+        p, s = carry
+        value, g = jax.value_and_grad(obj)(p)
+        updates, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, updates), s), value
+
+    (params, _), values = jax.lax.scan(step, (params0, opt.init(params0)), None, length=steps)
+    return params, values, obj(params)
+
+
 def fit(measurements: MeasurementSet | Sequence[Measurement], hardware, params0, *,
         predict: PredictFn | None = None, prior_params=None, baseline_params=None,
         split: str = "random", holdout_fraction: float = 0.25, seed: int = 0,
         loss: str = "huber", loss_scale: float = 0.1, prior_weight: float = 1e-6,
         steps: int = 3000, learning_rate: float = 0.05, include_emulated: bool = False,
-        threshold_s: float = 1e-3):
+        threshold_s: float = 1e-3, statistic: str = "median"):
     """Fit the raw parameter pytree to measured times with optax Adam; report held-out errors.
 
     Minimizes `objective` on the training rows of a deterministic `split_mask` split: Adam with a
@@ -414,6 +471,7 @@ def fit(measurements: MeasurementSet | Sequence[Measurement], hardware, params0,
       include_emulated: fit emulated collectives too (default: excluded and counted in the report:
         the CPU mesh is a correctness harness, not a link to fit).
       threshold_s: the headline only counts kernels whose measured time exceeds this.
+      statistic: fit and score `median_s` ("median") or `min_s` ("min"); see `measured_times`.
 
     Returns:
       (params, report): fitted raw parameters (same structure as params0) and a `FitReport`.
@@ -437,36 +495,19 @@ def fit(measurements: MeasurementSet | Sequence[Measurement], hardware, params0,
     params0 = to32(params0)
     prior_params = to32(prior_params) if prior_params is not None else params0
     baseline_params = to32(baseline_params) if baseline_params is not None else prior_params
-    data, _ = make_data(train)
-
-    def obj(p):
-        return objective(p, data, prior_params, hardware, predict, loss=loss, loss_scale=loss_scale,
-                         prior_weight=prior_weight)
-
-    schedule = optax.cosine_decay_schedule(learning_rate, max(steps, 1), alpha=0.02)
-    opt = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
-
-    @jax.jit
-    def train_loop(p):
-        def step(carry, _):
-            p, s = carry
-            value, g = jax.value_and_grad(obj)(p)
-            updates, s = opt.update(g, s, p)
-            return (optax.apply_updates(p, updates), s), value
-
-        (p, _), values = jax.lax.scan(step, (p, opt.init(p)), None, length=steps)
-        return p, values, obj(p)
-
-    params, values, final = train_loop(params0)
+    data, _ = make_data(rows, statistic=statistic, train=~held)
+    params, values, final = _train(params0, prior_params, data, jnp.float32(prior_weight),
+                                   jnp.float32(learning_rate), hardware=hardware, predict=predict, loss=loss,
+                                   loss_scale=loss_scale, steps=steps)
     if not np.isfinite(float(final)):
         raise ValueError(f"fit diverged: final loss {float(final)}; lower learning_rate={learning_rate}")
     preds = {"fitted": predict_rows(params, hardware, rows, predict),
              "datasheet": predict_rows(baseline_params, hardware, rows, predict)}
-    errors, headline = error_report(rows, held, preds, threshold_s)
+    errors, headline = error_report(rows, held, preds, threshold_s, statistic)
     report = FitReport(
         config=dict(split=split, holdout_fraction=holdout_fraction, seed=seed, loss=loss, loss_scale=loss_scale,
                     prior_weight=prior_weight, steps=steps, learning_rate=learning_rate,
-                    include_emulated=include_emulated, threshold_s=threshold_s),
+                    include_emulated=include_emulated, threshold_s=threshold_s, statistic=statistic),
         counts=dict(train=len(train), heldout=int(held.sum()), excluded=excluded,
                     noisy=int(sum(r.noisy for r in rows))),
         losses=dict(initial=float(values[0]) if steps else float(final), final=float(final)),
@@ -487,12 +528,23 @@ def _flatten(params) -> dict[str, dict]:
             for path, v in leaves}
 
 
-def save_profile(path, hardware, params, report: FitReport | None = None, env: Mapping | None = None):
+def _physical(params) -> dict:
+    """Human-readable physical values per precision (not read back)."""
+    if not isinstance(params, CalibParams):
+        return {}
+    from .efficiency import constrain
+
+    return {p: {k: np.asarray(v, np.float64).tolist() for k, v in constrain(efficiency_for(params, p))._asdict().items()}
+            for p in PRECISIONS}
+
+
+def save_profile(path, hardware, params, report: FitReport | Mapping | None = None, env: Mapping | None = None):
     """Write a fitted profile as JSON, atomically: hardware spec, raw parameters, fit report, env.
 
     Layout: {"format": "paretolab-profile", "version": 1, "hardware": {HardwareSpec fields, links as
     a list of LinkLevel dicts}, "params": {keystr(path): {"shape": [...], "value": nested lists}},
-    "report": FitReport.to_dict() or null, "env": the measurement environment or {}}.
+    "physical": {precision: constrained values} (for reading; ignored on load), "report": the
+    FitReport (or a dict of them) or null, "env": the measurement environment or {}}.
 
     Returns:
       The path written.
@@ -501,9 +553,12 @@ def save_profile(path, hardware, params, report: FitReport | None = None, env: M
     import os
     import pathlib
 
+    if isinstance(report, FitReport):
+        report = report.to_dict()
+    elif isinstance(report, Mapping):
+        report = {k: v.to_dict() if isinstance(v, FitReport) else v for k, v in report.items()}
     doc = dict(format=PROFILE_FORMAT, version=PROFILE_VERSION, hardware=dataclasses.asdict(hardware),
-               params=_flatten(params), report=report.to_dict() if report is not None else None,
-               env=dict(env or {}))
+               params=_flatten(params), physical=_physical(params), report=report, env=dict(env or {}))
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -541,8 +596,8 @@ def load_profile(path, template=None):
 
     Args:
       path: profile JSON.
-      template: a parameter pytree giving the structure to fill (default
-        `perfmodel.efficiency.datasheet_params(hardware)`).
+      template: a parameter pytree giving the structure to fill (default `init_params(hardware)`,
+        a `CalibParams`).
 
     Returns:
       (hardware, params): the `HardwareSpec` and the raw parameter pytree (float32 leaves).
@@ -561,6 +616,9 @@ def load_profile(path, template=None):
         raise ValueError(f"{where}: not JSON: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != PROFILE_FORMAT:
         raise ValueError(f"{where}: format is not {PROFILE_FORMAT!r}")
+    unknown = sorted(set(doc) - {"format", "version", "hardware", "params", "physical", "report", "env"})
+    if unknown:
+        raise ValueError(f"{where}: unknown top-level keys {unknown}")
     if doc.get("version") != PROFILE_VERSION:
         raise ValueError(f"{where}: version={doc.get('version')!r}; this reader knows {PROFILE_VERSION}")
     for key in ("hardware", "params"):
@@ -568,9 +626,7 @@ def load_profile(path, template=None):
             raise ValueError(f"{where}: missing {key!r}")
     hardware = _hardware_from_dict(doc["hardware"], where)
     if template is None:
-        from .efficiency import datasheet_params
-
-        template = datasheet_params(hardware)
+        template = init_params(hardware)
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     stored = doc["params"]
     if not isinstance(stored, dict):
@@ -687,3 +743,103 @@ def cpu_local_spec(memory_bandwidth_bytes_per_s: float, *, n_devices: int = 8, c
                LinkLevel("scale-up", n_devices, bw, _EMULATED_COLLECTIVE_STEP_S),
                LinkLevel("scale-out", n_devices, bw, _EMULATED_COLLECTIVE_STEP_S)),
     )
+
+
+# ----------------------------------------------------------------------------- entry point
+
+# Device kind (as jax reports it) → hardware preset, for accelerators whose datasheet we carry.
+_DEVICE_PRESETS = (("GB200", "gb200-nvl72"), ("B200", "b200"), ("H200", "h200-sxm"), ("H100", "h100-sxm"),
+                   ("MI300X", "mi300x"), ("TPU v5p", "tpu-v5p"))
+
+
+def hardware_for(mset: MeasurementSet, name: str | None = None):
+    """The `HardwareSpec` to fit against: a preset `name`, else by the measured device kind.
+
+    "cpu-local" (or a CPU backend) builds `cpu_local_spec` with the measured copy bandwidth.
+
+    Raises:
+      ValueError: an accelerator with no preset and no name given.
+    """
+    from .presets import get_hardware
+
+    env = mset.env
+    if name is None and env.get("backend") != "cpu":
+        kind = str(env.get("device_kind", ""))
+        name = next((preset for key, preset in _DEVICE_PRESETS if key.lower() in kind.lower()), None)
+        if name is None:
+            raise ValueError(f"no hardware preset for device_kind={kind!r}; pass --hardware NAME")
+    if name is None or name == "cpu-local":
+        return cpu_local_spec(stream_copy_bandwidth(mset), n_devices=int(env.get("device_count", 8)))
+    return get_hardware(name)
+
+
+def calibrate(mset: MeasurementSet, hardware, **fit_kwargs):
+    """Fit on both splits (for the report) and then on all rows (for the profile).
+
+    Returns:
+      (params, reports): params fitted on every row; reports {"random": FitReport,
+      "extrapolation": FitReport, "all": FitReport (training errors of the final fit)}.
+    """
+    params0 = init_params(hardware)
+    reports = {}
+    for split in SPLITS:
+        _, reports[split] = fit(mset, hardware, params0, split=split, **fit_kwargs)
+    params, reports["all"] = fit(mset, hardware, params0, holdout_fraction=0.0, **fit_kwargs)
+    return params, reports
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """`python -m perfmodel.calibrate --quick`: measure this machine (or read files), fit, report, save."""
+    import argparse
+    import datetime
+    import json
+    import pathlib
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m perfmodel.calibrate", description=main.__doc__)
+    parser.add_argument("--quick", action="store_true", help="quick measurement (when measuring)")
+    parser.add_argument("--measurements", nargs="+", metavar="FILE",
+                        help="measurement CSVs or nccl-tests outputs to fit instead of measuring")
+    parser.add_argument("--hardware", help="hardware preset (default: by device kind; cpu-local on CPU)")
+    parser.add_argument("--out", help="output folder (default results/calibration/<UTC time>)")
+    parser.add_argument("--loss", default="huber", choices=ROBUST_LOSSES)
+    parser.add_argument("--loss-scale", type=float, default=0.1, help="robust loss scale in log units")
+    parser.add_argument("--prior-weight", type=float, default=1e-6)
+    parser.add_argument("--statistic", default="median", choices=STATISTICS)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-devices", type=int, default=8, help="emulated CPU devices when measuring")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = pathlib.Path(args.out or f"results/calibration/{stamp}")
+    from . import importers, measure
+
+    if args.measurements:
+        sets = [importers.read_measurements(f) for f in args.measurements]
+        mset = sets[0] if len(sets) == 1 else importers.concat(*sets)
+    else:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+        mset = measure.run(quick=args.quick, progress=not args.no_progress)
+        measure.write_csv(out / "measurements.csv", mset)
+    hardware = hardware_for(mset, args.hardware)
+    params, reports = calibrate(mset, hardware, loss=args.loss, loss_scale=args.loss_scale,
+                                prior_weight=args.prior_weight, statistic=args.statistic, steps=args.steps,
+                                seed=args.seed)
+    text = "\n\n".join(f"## {split} split\n\n{rep.format()}" for split, rep in reports.items())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(f"# calibration of {hardware.name}\n\n{text}\n")
+    save_profile(out / "profile.json", hardware, params, reports, mset.env)
+    print(text)
+    summary = dict(
+        hardware=hardware.name, rows=len(mset), out=str(out), wall_s=round(time.perf_counter() - start, 1),
+        heldout_mape_gt1ms_random=reports["random"].headline,
+        heldout_mape_gt1ms_extrapolation=reports["extrapolation"].headline,
+    )
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
