@@ -77,7 +77,7 @@ def _grad_key(policy, g, which: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _mx_dot(lhs, rhs, dn, cfg):
+def _mx_dot_vjp(lhs, rhs, dn, cfg):
     return _mx_dot_fwd(lhs, rhs, dn, cfg)[0]
 
 
@@ -124,7 +124,10 @@ def _mx_dot_bwd(dn, cfg, res, g):
     return d_lhs.astype(lhs.dtype), d_rhs.astype(rhs.dtype)
 
 
-_mx_dot.defvjp(_mx_dot_fwd, _mx_dot_bwd)
+_mx_dot_vjp.defvjp(_mx_dot_fwd, _mx_dot_bwd)
+_mx_dot = jax.jit(_mx_dot_vjp, static_argnums=(2, 3))  # eager calls compile once per signature
+
+
 
 
 def mx_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, *,
