@@ -224,8 +224,8 @@ class Layout:
         one after another, n·(c + m) (the paper's ablation).
 
     Raises:
-      ValueError: a non-positive degree, attention and FFN GPU counts that differ, a batch that
-        dp_attn or microbatches does not divide, an unknown format name.
+      ValueError: a non-positive degree, attention and FFN GPU counts that differ, an unknown
+        format name (`check_model` checks the rest).
     """
 
     tpa: int = 1
@@ -252,10 +252,6 @@ class Layout:
         _check_non_negative("Layout", chunk=self.chunk)
         for role in ("weight_format", "kv_format", "act_format", "comm_format"):
             format_bits(getattr(self, role), role=f"Layout.{role}")
-        if self.batch % self.dp_attn:
-            raise ValueError(f"Layout: dp_attn={self.dp_attn} does not divide batch={self.batch}")
-        if self.batch % self.microbatches:
-            raise ValueError(f"Layout: microbatches={self.microbatches} does not divide batch={self.batch}")
         if self.attention_gpus != self.ffn_gpus:
             raise ValueError(
                 f"Layout: attention uses dp_attn·kvp·tpa={self.dp_attn}·{self.kvp}·{self.tpa}="
@@ -302,7 +298,12 @@ class Layout:
 
         TPA may exceed the KV heads only as plain TP (kvp=1), which then duplicates KV heads;
         TPA must then be a multiple of the KV heads. Otherwise TPA must divide the KV heads.
+        The batch must split evenly over dp_attn groups and HOP-B micro-batches.
         """
+        if self.batch % self.dp_attn:
+            raise ValueError(f"Layout: dp_attn={self.dp_attn} does not divide batch={self.batch}")
+        if self.batch % self.microbatches:
+            raise ValueError(f"Layout: microbatches={self.microbatches} does not divide batch={self.batch}")
         if self.tpa > model.n_kv_heads:
             if self.kvp != 1 or self.tpa % model.n_kv_heads:
                 raise ValueError(
