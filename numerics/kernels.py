@@ -19,9 +19,9 @@ below 6·2^-126 (its scale s_b·s_t is subnormal) and every block of a tensor wi
 2688·2^-126 ≈ 2^-114.6 (s_t is subnormal) dequantize to zeros.
 
 Non-finite input. MX: a block holding NaN or ±Inf gets the E8M0 scale 0xFF (NaN) and all-zero codes;
-it dequantizes to all-NaN (OCP MX v1.0 §6.3). NVFP4: the block scale is E4M3 NaN, same effect. The
-FP32 tensor scales of NVFP4 and fp8_e4m3 are taken over the finite values; fp8_e4m3 maps NaN/±Inf
-elements to its NaN code (E4M3 has no Inf). bf16 keeps NaN and ±Inf.
+it dequantizes to all-NaN (OCP MX v1.0 §6.3). NVFP4: the block scale is E4M3 NaN, same effect, and
+the FP32 tensor scale is taken over the other blocks. fp8_e4m3 takes its tensor scale over the finite
+values and maps NaN/±Inf elements to its NaN code (E4M3 has no Inf). bf16 keeps NaN and ±Inf.
 
 References:
   OCP Microscaling Formats (MX) Specification v1.0 (2023), §6.3 (conversion), §5.4 (E8M0).
@@ -136,15 +136,16 @@ def _from_blocks(xb, axis: int, n: int):
 def _mx_kernel(xb, elem: ElementFormat, rule: str, rounding: str, key, bax: int):
     """OCP MX v1.0 §6.3: X = 2^(floor(log2 amax) − emax) in E8M0, V/X rounded and saturated."""
     b = _bits(xb)
-    b = jnp.where((b & _EXP) == 0, b & _SIGN, b)  # DAZ
-    amax = jnp.max(b & _ABS, axis=bax, keepdims=True)  # int order = float order for |x|, NaN on top
+    # int order = float order for |x|, NaN on top. A subnormal maximum has exponent field 0 and reads
+    # as a zero block below, so the reduction needs no DAZ of its own.
+    amax = jnp.max(b & _ABS, axis=bax, keepdims=True)
     s = (amax >> 23) - (127 + elem.emax)  # floor(log2 amax) − emax; zero block: −127 − emax
     if rule == "rceil":  # smallest s with amax ≤ max_normal · 2^s: bump when the mantissa is larger
         top = int(np.float32(elem.max_mantissa).view(np.int32)) & _MANT
-        s = s + ((amax & _MANT) > top).astype(jnp.int32)
+        s = s + (((amax & _MANT) > top) & (amax > _MANT)).astype(jnp.int32)
     s = jnp.clip(s, -127, 127)
     nonfinite = amax >= _EXP
-    x = _f32(b)
+    x = _f32(jnp.where((b & _EXP) == 0, b & _SIGN, b))  # DAZ
     y = x * _pow2(-s) if elem.emax >= 2 else _mul_pow2(x, -s)  # s ≤ 126 when emax ≥ 2
     return _round_to_grid(y, elem, rounding, key), s, nonfinite
 
@@ -156,23 +157,31 @@ def _div(a, b):
 
 
 def _tensor_amax(absb):
-    """Largest finite |x| of the whole tensor (float32), from the magnitude bits."""
-    return _f32(jnp.max(jnp.where(absb < _EXP, absb, 0)))
+    """Largest finite |x| of the whole tensor (float32), from the magnitude bits.
+
+    Reduced in rows of 256 first: XLA CPU fuses the select into a row reduction but materializes it
+    for a single full reduction.
+    """
+    v = jnp.where(absb < _EXP, absb, 0)
+    if v.size and v.size % 256 == 0:
+        v = jnp.max(v.reshape(-1, 256), axis=1)
+    return _f32(jnp.max(v, initial=0))
 
 
 def _nvfp4_kernel(xb, rounding: str, key, bax: int):
     """NVFP4 in float32 steps, each correctly rounded:
 
-    s_t = amax / (6·448); s_b = E4M3(min(amax_b / 6 / s_t, 448)); X_b = s_b · s_t;
+    s_t = amax / (6·448) with amax over the blocks free of NaN/Inf (a non-finite block is NaN anyway);
+    s_b = E4M3(min(amax_b / 6 / s_t, 448)); X_b = s_b · s_t;
     P_i = E2M1(x_i · (1 / X_b)) — the element step multiplies by the block's encode scale 1/X_b,
     as GPU kernels do, rather than dividing every element.
     """
     x = _flush_subnormals(xb)
     absb = _bits(x) & _ABS
-    amax_t = _tensor_amax(absb)
-    s_t = jnp.where(amax_t == 0, np.float32(1), _div(amax_t, E2M1.max_normal * _NVFP4_E4M3_MAX))
     amax_b = jnp.max(absb, axis=bax, keepdims=True)
     nonfinite = amax_b >= _EXP
+    amax_t = _tensor_amax(amax_b)  # over the finite blocks: a single pass over x
+    s_t = jnp.where(amax_t == 0, np.float32(1), _div(amax_t, E2M1.max_normal * _NVFP4_E4M3_MAX))
     s_b = jnp.minimum(_div(_div(_f32(amax_b), E2M1.max_normal), s_t), np.float32(_NVFP4_E4M3_MAX))
     s_b = jnp.where(nonfinite, np.float32(0), s_b).astype(ml_dtypes.float8_e4m3fn)
     x_b = s_b.astype(jnp.float32) * s_t  # the block's decode scale

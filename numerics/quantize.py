@@ -63,9 +63,10 @@ class QuantizedArray:
 def _check(x, fmt, axis, scale_rule, rounding, key):
     """Validates the public arguments; returns (float32 x, format, axis, scale rule)."""
     fmt = get_format(fmt)
-    dtype = getattr(x, "dtype", None)
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"quantization needs a floating-point input, got dtype {dtype} ({type(x).__name__})")
+    if not hasattr(x, "dtype"):
+        x = np.asarray(x)  # Python scalars and lists
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"quantization needs a floating-point input, got dtype {x.dtype} ({type(x).__name__})")
     x = jnp.asarray(x)
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -max(x.ndim, 1) <= axis < max(x.ndim, 1):
         raise ValueError(f"axis={axis!r} is out of range for an input of shape {x.shape}")

@@ -130,14 +130,17 @@ def test_nan_inf_and_zero_blocks():
         assert np.all(out[2, :32] == 2) and np.all(np.isnan(out[2, 32:]))
     out = np.asarray(numerics.fake_quantize(x, "nvfp4"))
     assert np.all(np.isnan(out[1, :16])) and np.all(out[1, 16:32] == 1) and np.all(np.isnan(out[2, 32:48]))
+    x[1, 4] = 1000.0  # the NVFP4 tensor scale ignores blocks holding NaN/Inf: amax_t = 2
+    assert numerics.quantize(x, "nvfp4").tensor_scale == np.float32(2) / np.float32(6 * 448)
 
 
 def test_bad_input_raises_naming_the_value():
     x = _normal((2, 32))
     with pytest.raises(ValueError, match="int32"):
         numerics.quantize(jnp.arange(32), "mxfp8_e4m3")
-    with pytest.raises(ValueError, match="dtype None"):
-        numerics.fake_quantize([1.0, 2.0], "mxfp8_e4m3")
+    with pytest.raises(ValueError, match="dtype int64"):
+        numerics.fake_quantize([1, 2], "mxfp8_e4m3")
+    np.testing.assert_array_equal(numerics.fake_quantize([1.0, 2.2], "mxfp4_e2m1"), [1.0, 2.0])
     with pytest.raises(ValueError, match="'fp7'"):
         numerics.fake_quantize(x, "fp7")
     with pytest.raises(ValueError, match="'ceil'"):

@@ -124,13 +124,11 @@ def ref_mx(x, name, axis=-1, rule="floor", rounding="even"):
 
 def ref_nvfp4(x, axis=-1):
     """NVFP4: s_t = amax/(6·448), s_b = E4M3(amax_b / 6 / s_t), codes = E2M1(x · (1 / (s_b · s_t))), float32 ops."""
-    x = _daz(x)
-    fin = np.isfinite(x)
-    amax_t = np.max(np.abs(np.where(fin, x, 0))).astype(np.float32)
-    s_t = np.float32(1) if amax_t == 0 else amax_t / np.float32(6 * 448)
-    xb, n = _blocks(x, axis, 16)
+    xb, n = _blocks(_daz(x), axis, 16)
     nonfinite = ~np.all(np.isfinite(xb), axis=-1, keepdims=True)
     amax_b = np.max(np.abs(np.where(nonfinite, 0, xb)), axis=-1, keepdims=True)
+    amax_t = np.max(amax_b).astype(np.float32)  # over the blocks free of NaN/Inf
+    s_t = np.float32(1) if amax_t == 0 else amax_t / np.float32(6 * 448)
     s_b = np.minimum(amax_b / np.float32(6) / s_t, np.float32(448)).astype(ml_dtypes.float8_e4m3fn)
     x_b = s_b.astype(np.float32) * s_t
     enc = np.where(x_b == 0, np.float32(0), np.float32(1) / np.where(x_b == 0, np.float32(1), x_b))
@@ -212,6 +210,8 @@ def _specials():
     blocks.append(np.linspace(-1, 1, BLOCK) * 2.0**127 * 1.999)
     sub = np.linspace(-1, 1, BLOCK) * 2.0**-130  # f32 subnormals: treated as zero
     blocks.append(sub)
+    top_sub = np.array([0x007FFFFF, 0x807FFFF0, 0x00400000], np.uint32).view(np.float32)  # largest subnormals
+    blocks.append(np.resize(top_sub, BLOCK))
     mixed = np.linspace(-1, 1, BLOCK) * 2.0**-120; mixed[::4] = sub[::4]
     blocks.append(mixed)
     return np.stack(blocks)
