@@ -157,13 +157,17 @@ def plot_loss_curves(curves: Mapping[str, tuple[Sequence[float], np.ndarray]], x
 
 def plot_error_vs_bits(series: Mapping[str, Sequence[tuple[str, float, float]]],
                        xlabel: str = "bits per element (scale overhead included)",
-                       ylabel: str = "error", title: str = "", logy: bool = False) -> Figure:
+                       ylabel: str = "error", title: str = "", yscale: str = "linear",
+                       linthresh: float = 1e-3) -> Figure:
     """Error of each format against its bits per element, one marker series per group.
 
     Args:
       series: group name (e.g. "weights") -> [(format label, bits per element, error), ...].
-      logy: log y axis (errors must then be positive).
+      yscale: "linear", "log" (errors must be positive) or "symlog" (signed errors such as a loss
+        change; linear within ±linthresh).
     """
+    if yscale not in ("linear", "log", "symlog"):
+        raise ValueError(f"yscale={yscale!r}; valid: linear, log, symlog")
     fig = _figure((7, 4.5))
     ax = fig.add_subplot()
     markers = "osD^v<>"
@@ -174,7 +178,10 @@ def plot_error_vs_bits(series: Mapping[str, Sequence[tuple[str, float, float]]],
         ax.scatter(bits, err, marker=markers[k % len(markers)], color=f"C{k % 10}", label=name, zorder=3)
         for lab, b, e in points:
             ax.annotate(lab, (b, e), xytext=(4, 3), textcoords="offset points", fontsize=7)
-    if logy:
+    if yscale == "symlog":
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ax.axhline(0.0, color="k", lw=0.6)
+    elif yscale == "log":
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -50,7 +50,7 @@ def test_plots_write_png(tmp_path):
         "pareto.png": plots.plot_pareto({"a": (x, y, [f"tp{i}" for i in range(40)])}),
         "loss.png": plots.plot_loss_curves({"fp32": ([0, 1, 2], [[3, 2, 1], [3, 2.5, 1.5]])}),
         "bits.png": plots.plot_error_vs_bits({"weights": [("mxfp4", 4.25, 0.1), ("mxfp8", 8.25, 0.01)]},
-                                            logy=True),
+                                            yscale="log"),
     }
     for name, fig in figs.items():
         data = rd.save_figure(name, fig).read_bytes()
