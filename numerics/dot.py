@@ -1,11 +1,12 @@
 """Quantized `dot_general` and two-operand `einsum` with MX-style forward and backward passes.
 
-Forward (OCP MX v1.0 §6.4, Dot/DotGeneral): the activation operand (lhs) is block-quantized with
+Forward (OCP MX v1.0 §6, Dot and DotGeneral): the activation operand (lhs) is block-quantized with
 `policy.activations` and the weight operand (rhs) with `policy.weights`, both along their (last)
 contracting dimension, so a block of one meets the matching block of the other; products are
 accumulated in float32.
 
-Backward (arXiv 2310.10537 §6, training with MX): with out = lhs · rhs and cotangent g,
+Backward (arXiv 2310.10537, MX training: every matmul quantizes along its own reduction dimension):
+with out = lhs · rhs and cotangent g,
   d lhs = Q_g(g) · Q_w(rhs)ᵀ, contracted over rhs's free dimensions,
   d rhs = Q_a(lhs)ᵀ · Q_g(g), contracted over lhs's free dimensions,
 each operand re-quantized from its unquantized value along that backward matmul's own contracting
@@ -44,7 +45,7 @@ def _normalize_dn(dimension_numbers, lhs_ndim: int, rhs_ndim: int):
         raise ValueError(f"malformed dimension_numbers={dimension_numbers!r}") from err
     (lc, rc), (lb, rb) = dn
     if len(lc) != len(rc) or len(lb) != len(rb):
-        raise ValueError(f"dimension_numbers={dimension_numbers!r}: lhs and rhs dimension lists differ in length")
+        raise ValueError(f"dimension_numbers={dimension_numbers!r}: lhs and rhs lists differ in length")
     for dims, ndim, side in ((lc + lb, lhs_ndim, "lhs"), (rc + rb, rhs_ndim, "rhs")):
         if len(set(dims)) != len(dims) or any(not 0 <= d < ndim for d in dims):
             raise ValueError(f"dimension_numbers={dimension_numbers!r} invalid for a {side} of rank {ndim}")
@@ -60,8 +61,11 @@ def _block_axis(contracting, ndim: int) -> int:
     return contracting[-1] if contracting else max(ndim - 1, 0)
 
 
-def _q(x, fmt, axis, rounding="even", key=None, scale_rule=None):
-    return fake_quantize(x, fmt, axis=axis, scale_rule=scale_rule, rounding=rounding, key=key)
+def _q(policy, role: str, x, contracting, rounding="even", key=None):
+    """fake_quantize x with the role's format, blocked along the last contracting dimension."""
+    fmt = getattr(policy, role)
+    return fake_quantize(x, fmt, axis=_block_axis(contracting, x.ndim), scale_rule=policy.scale_rule_for(fmt),
+                         rounding=rounding, key=key)
 
 
 def _dot(a, b, dn, precision):
@@ -84,8 +88,8 @@ def _mx_dot_vjp(lhs, rhs, dn, cfg):
 def _mx_dot_fwd(lhs, rhs, dn, cfg):
     policy, precision, out_dtype, out_sharding = cfg
     (lc, rc), _ = dn
-    ql = _q(lhs, policy.activations, _block_axis(lc, lhs.ndim), scale_rule=policy.scale_rule_for(policy.activations))
-    qr = _q(rhs, policy.weights, _block_axis(rc, rhs.ndim), scale_rule=policy.scale_rule_for(policy.weights))
+    ql = _q(policy, "activations", lhs, lc)
+    qr = _q(policy, "weights", rhs, rc)
     kw = {} if out_sharding is None else {"out_sharding": out_sharding}
     out = lax.dot_general(ql, qr, dn, precision=precision, preferred_element_type=jnp.float32, **kw)
     return out.astype(out_dtype), (lhs, rhs)
@@ -102,23 +106,18 @@ def _mx_dot_bwd(dn, cfg, res, g):
     g_b = tuple(range(nb))
     g = g.astype(jnp.float32)
     rnd = policy.grad_rounding
-    gfmt, grule = policy.gradients, policy.scale_rule_for(policy.gradients)
 
-    def qg(axis, which):
+    def qg(contracting, which):
         key = _grad_key(policy, g, which) if rnd == "stochastic" else None
-        return _q(g, gfmt, axis, rnd, key, grule)
+        return _q(policy, "gradients", g, contracting, rnd, key)
 
     # d lhs = g · rhsᵀ over rhs's free dims → dims (batch, lf, rc-paired lc), then to lhs order.
-    g1 = qg(_block_axis(g_rf, g.ndim), 0)
-    r1 = _q(rhs, policy.weights, _block_axis(rf, rhs.ndim), scale_rule=policy.scale_rule_for(policy.weights))
-    d_lhs = _dot(g1, r1, ((g_rf, rf), (g_b, rb)), precision)
+    d_lhs = _dot(qg(g_rf, 0), _q(policy, "weights", rhs, rf), ((g_rf, rf), (g_b, rb)), precision)
     lhs_order = list(lb) + list(lf) + [lc[rc.index(r)] for r in sorted(rc)]
     d_lhs = jnp.transpose(d_lhs, np.argsort(lhs_order))
 
     # d rhs = lhsᵀ · g over lhs's free dims → dims (batch, rf, lc-paired rc), then to rhs order.
-    g2 = qg(_block_axis(g_lf, g.ndim), 1)
-    l2 = _q(lhs, policy.activations, _block_axis(lf, lhs.ndim), scale_rule=policy.scale_rule_for(policy.activations))
-    d_rhs = _dot(g2, l2, ((g_lf, lf), (g_b, lb)), precision)
+    d_rhs = _dot(qg(g_lf, 1), _q(policy, "activations", lhs, lf), ((g_lf, lf), (g_b, lb)), precision)
     rhs_order = list(rb) + list(rf) + [rc[lc.index(c)] for c in sorted(lc)]
     d_rhs = jnp.transpose(d_rhs, np.argsort(rhs_order))
     return d_lhs.astype(lhs.dtype), d_rhs.astype(rhs.dtype)
@@ -153,7 +152,7 @@ def mx_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_elemen
       ValueError: malformed dimension numbers or non-float operands.
 
     References:
-      OCP MX v1.0 §6.4 (Dot, DotGeneral); arXiv 2310.10537 §6 (MX training recipe).
+      OCP MX v1.0 §6 (Dot, DotGeneral); arXiv 2310.10537 (MX training compute flow).
     """
     for name, a in (("lhs", lhs), ("rhs", rhs)):
         dtype = getattr(a, "dtype", None)

@@ -4,10 +4,10 @@ An element format with `ebits` exponent bits, `mbits` mantissa bits and smallest
 `emin` has the quantum (ulp) 2^(max(floor(log2|v|), emin) − mbits) at value v; its largest finite
 value is `max_normal`. INT8 of MXINT8 fits the same description as a fixed-point format: quantum
 2^-6 everywhere (`emin` = 0, `mbits` = 6), largest value 127/64. That single description drives the
-rounding in `quantize.py`.
+rounding in `numerics.kernels`.
 
 References:
-    OCP Microscaling Formats (MX) Specification v1.0 (2023), §5.3 (element formats), §5.4 (E8M0), §6.3.
+    OCP Microscaling Formats (MX) Specification v1.0 (2023), §5 (element and scale formats), §6.3.
     Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv 2310.10537, Table 1.
     NVIDIA, "Introducing NVFP4" (2025) and the Blackwell block-scaling recipe (E4M3 scale, 16 values).
 """
@@ -21,6 +21,7 @@ import ml_dtypes
 import numpy as np
 
 Kind = Literal["mx", "nvfp4", "per_tensor", "cast", "identity"]
+KINDS = ("mx", "nvfp4", "per_tensor", "cast", "identity")
 SCALE_RULES = ("floor", "rceil")
 ROUNDINGS = ("even", "away", "stochastic")
 
@@ -36,7 +37,7 @@ class ElementFormat:
         emin: exponent of the smallest normal value (quantum below it is constant).
         emax: exponent of the largest normal value.
         max_normal: largest finite magnitude.
-        dtype: the ml_dtypes/numpy type holding one value (None for fp32 itself).
+        dtype: the ml_dtypes/numpy type holding one value.
         has_inf: whether the format encodes infinities.
         has_nan: whether the format encodes NaN.
     """
@@ -47,7 +48,7 @@ class ElementFormat:
     emin: int
     emax: int
     max_normal: float
-    dtype: type | None
+    dtype: type
     has_inf: bool = False
     has_nan: bool = False
 
@@ -89,7 +90,7 @@ class ScaleFormat:
     """A block or tensor scale format.
 
     Attributes:
-        name: "e8m0", "e4m3" or "fp32".
+        name: "e8m0" (MX) or "e4m3" (NVFP4).
         bits: storage bits per scale.
         dtype: ml_dtypes/numpy type of one scale (E8M0 is stored as its uint8 exponent byte).
         emin: smallest exponent (E8M0: −127).
@@ -103,26 +104,25 @@ class ScaleFormat:
     emax: int
 
 
-# source: OCP MX v1.0 §5.3.1–5.3.3, Tables 2–4; ml_dtypes finfo agrees (tests/numerics/test_formats.py).
+# source: OCP MX v1.0 §5, element format tables; ml_dtypes.finfo agrees (tests/numerics/test_formats.py).
 E4M3 = ElementFormat("e4m3", 4, 3, -6, 8, 448.0, ml_dtypes.float8_e4m3fn, has_nan=True)
 E5M2 = ElementFormat("e5m2", 5, 2, -14, 15, 57344.0, ml_dtypes.float8_e5m2, has_inf=True, has_nan=True)
 E3M2 = ElementFormat("e3m2", 3, 2, -2, 4, 28.0, ml_dtypes.float6_e3m2fn)
 E2M3 = ElementFormat("e2m3", 2, 3, 0, 2, 7.5, ml_dtypes.float6_e2m3fn)
 E2M1 = ElementFormat("e2m1", 2, 1, 0, 2, 6.0, ml_dtypes.float4_e2m1fn)
-# source: OCP MX v1.0 §5.3.4: 8-bit two's complement with an implicit scale of 2^-6 (saturating
+# source: OCP MX v1.0 §5 (MXINT8): 8-bit two's complement with an implicit scale of 2^-6 (saturating
 # symmetrically at ±127/64 as the spec's "max normal"; the code −128 decodes to −2 but is never produced).
 INT8 = ElementFormat("int8", 0, 6, 0, 0, 127.0 / 64.0, np.int8)
 BF16 = ElementFormat("bf16", 8, 7, -126, 127, float(ml_dtypes.finfo(ml_dtypes.bfloat16).max),
-                                          ml_dtypes.bfloat16, has_inf=True, has_nan=True)
+                     ml_dtypes.bfloat16, has_inf=True, has_nan=True)
 FP32 = ElementFormat("fp32", 8, 23, -126, 127, float(np.finfo(np.float32).max), np.float32,
-                                          has_inf=True, has_nan=True)
+                     has_inf=True, has_nan=True)
 ELEMENT_FORMATS = {f.name: f for f in (E4M3, E5M2, E3M2, E2M3, E2M1, INT8, BF16, FP32)}
 
-# source: OCP MX v1.0 §5.4: E8M0, bias 127, exponents −127..127, 0xFF = NaN, no zero, no Inf.
+# source: OCP MX v1.0 §5 (scale data type): E8M0, bias 127, exponents −127..127, 0xFF = NaN, no zero/Inf.
 E8M0 = ScaleFormat("e8m0", 8, np.uint8, -127, 127)
 # source: NVIDIA NVFP4: block scale in FP8 E4M3, tensor scale in FP32.
 E4M3_SCALE = ScaleFormat("e4m3", 8, ml_dtypes.float8_e4m3fn, -9, 8)
-FP32_SCALE = ScaleFormat("fp32", 32, np.float32, -126, 127)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,15 +153,18 @@ class BlockFormat:
     default_scale_rule: str | None = None
 
     def __post_init__(self):
-        blocked = self.kind in ("mx", "nvfp4")
-        if blocked:
-            if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
-                raise ValueError(f"format {self.name!r}: block_size={self.block_size!r} must be a positive int")
-        elif self.block_size is not None:
-            raise ValueError(f"format {self.name!r} of kind {self.kind!r} has no blocks; got block_size={self.block_size!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"format {self.name!r}: unknown kind {self.kind!r}; valid: {KINDS}")
+        size = self.block_size
+        if self.kind in ("mx", "nvfp4"):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"format {self.name!r}: block_size={size!r} must be a positive int")
+        elif size is not None:
+            raise ValueError(f"format {self.name!r} of kind {self.kind!r} has no blocks; got block_size={size!r}")
         want_scale = {"mx": E8M0, "nvfp4": E4M3_SCALE}.get(self.kind)
         if self.scale != want_scale:
-            raise ValueError(f"format {self.name!r} of kind {self.kind!r} needs scale {want_scale}, got {self.scale}")
+            raise ValueError(f"format {self.name!r} of kind {self.kind!r} needs scale {want_scale}, "
+                             f"got {self.scale}")
         if self.kind == "nvfp4" and self.element != E2M1:
             raise ValueError(f"nvfp4 needs E2M1 elements, got {self.element.name}")
         if self.default_scale_rule not in (None, *SCALE_RULES):
@@ -181,21 +184,21 @@ class BlockFormat:
 
 
 def _mx(name: str, element: ElementFormat) -> BlockFormat:
-    # source: OCP MX v1.0 §5.2, Table 1: all concrete MX formats use k = 32 and an E8M0 scale.
+    # source: OCP MX v1.0 §5, concrete MX formats: all use k = 32 and an E8M0 scale.
     return BlockFormat(name, "mx", element, 32, E8M0, default_scale_rule="floor")
 
 
 _PRESETS = (
-        _mx("mxfp8_e4m3", E4M3),
-        _mx("mxfp8_e5m2", E5M2),
-        _mx("mxfp6_e3m2", E3M2),
-        _mx("mxfp6_e2m3", E2M3),
-        _mx("mxfp4_e2m1", E2M1),
-        _mx("mxint8", INT8),
-        BlockFormat("nvfp4", "nvfp4", E2M1, 16, E4M3_SCALE, tensor_scale=True),  # source: NVIDIA NVFP4
-        BlockFormat("fp8_e4m3", "per_tensor", E4M3, tensor_scale=True),
-        BlockFormat("bf16", "cast", BF16),
-        BlockFormat("fp32", "identity", FP32),
+    _mx("mxfp8_e4m3", E4M3),
+    _mx("mxfp8_e5m2", E5M2),
+    _mx("mxfp6_e3m2", E3M2),
+    _mx("mxfp6_e2m3", E2M3),
+    _mx("mxfp4_e2m1", E2M1),
+    _mx("mxint8", INT8),
+    BlockFormat("nvfp4", "nvfp4", E2M1, 16, E4M3_SCALE, tensor_scale=True),  # source: NVIDIA NVFP4
+    BlockFormat("fp8_e4m3", "per_tensor", E4M3, tensor_scale=True),
+    BlockFormat("bf16", "cast", BF16),
+    BlockFormat("fp32", "identity", FP32),
 )
 FORMATS: dict[str, BlockFormat] = {f.name: f for f in _PRESETS}
 FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
@@ -223,7 +226,8 @@ def get_format(name: str | BlockFormat, *, block_size: int | None = None) -> Blo
         raise ValueError(f"unknown format {name!r}; valid names: {', '.join(FORMAT_NAMES)}")
     if block_size is not None and block_size != fmt.block_size:
         if fmt.block_size is None:
-            raise ValueError(f"format {fmt.name!r} is not block-scaled; block_size={block_size!r} does not apply")
+            raise ValueError(f"format {fmt.name!r} is not block-scaled; "
+                             f"block_size={block_size!r} does not apply")
         fmt = fmt.with_block_size(block_size)
     return fmt
 
@@ -244,6 +248,6 @@ def bits_per_element(fmt: str | BlockFormat) -> float:
         ValueError: unknown format name.
 
     References:
-        OCP MX v1.0 §5.2; arXiv 2310.10537 Table 1.
+        OCP MX v1.0 §5; arXiv 2310.10537 Table 1.
     """
     return get_format(fmt).bits_per_element

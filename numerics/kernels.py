@@ -1,7 +1,7 @@
 """Quantization kernels: exact float32 bit arithmetic behind `numerics.quantize`.
 
-All arithmetic is exact float32/int32 bit arithmetic, so the results do not depend on how a backend
-rounds `log2`/`exp2` or whether it flushes subnormals:
+MX quantization is exact float32/int32 bit arithmetic, so codes and scales do not depend on how a
+backend rounds `log2`/`exp2` or whether it flushes subnormals:
 
 * exponents come from the float bits (never `log2`, which rounds to the next power of two just below
   it); powers of two are built from bits, and a scale 2^s with s < −126 is applied as two factors so
@@ -24,8 +24,8 @@ the FP32 tensor scale is taken over the other blocks. fp8_e4m3 takes its tensor 
 values and maps NaN/±Inf elements to its NaN code (E4M3 has no Inf). bf16 keeps NaN and ±Inf.
 
 References:
-  OCP Microscaling Formats (MX) Specification v1.0 (2023), §6.3 (conversion), §5.4 (E8M0).
-  Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv 2310.10537 (2023), §3.
+  OCP Microscaling Formats (MX) Specification v1.0 (2023), §6.3 (conversion), §5 (E8M0).
+  Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv 2310.10537 (2023).
   NVIDIA, NVFP4 two-level scaling recipe (E4M3 block scale per 16 values, FP32 tensor scale).
 """
 
@@ -59,7 +59,7 @@ def _pow2(e):
     return _f32((e + 127) << 23)
 
 
-def _mul_pow2(x, e):
+def mul_pow2(x, e):
     """x · 2^e for integer e in [−252, 254], exact whenever the result is a normal float32.
 
     The two factors have the sign of e, so the intermediate lies between x and the result.
@@ -68,13 +68,13 @@ def _mul_pow2(x, e):
     return (x * _pow2(e1)) * _pow2(e - e1)
 
 
-def _flush_subnormals(x):
+def flush_subnormals(x):
     """Treats f32 subnormals as signed zeros (DAZ), identically on every backend."""
     b = _bits(x)
     return _f32(jnp.where((b & _EXP) == 0, b & _SIGN, b))
 
 
-def _round_to_grid(y, elem: ElementFormat, rounding: str, key):
+def round_to_grid(y, elem: ElementFormat, rounding: str, key):
     """Rounds y (float32, in element units) to the grid of `elem` and saturates to ±max_normal.
 
     q = 2^(max(E(y), emin) − mbits) from the bits of y; t = y / q is exact; r = round(t) · q.
@@ -94,7 +94,7 @@ def _round_to_grid(y, elem: ElementFormat, rounding: str, key):
     return jnp.clip(r * _f32(q_bits), -elem.max_normal, elem.max_normal)
 
 
-def _round_bf16(x, rounding: str, key):
+def round_bf16(x, rounding: str, key):
     """float32 → bfloat16 grid (as float32): RNE by cast, or away / stochastic on the bits."""
     if rounding == "even":
         return x.astype(jnp.bfloat16).astype(jnp.float32)
@@ -112,7 +112,8 @@ def _round_bf16(x, rounding: str, key):
 # Block layout: the quantized axis of length n is padded to nb·B and split into (nb, B) in place.
 
 
-def _to_blocks(x, axis: int, block: int):
+def to_blocks(x, axis: int, block: int):
+    """[..., n, ...] → [..., ceil(n / block), block, ...], zero-padded."""
     n = x.shape[axis]
     nb = -(-n // block)
     if nb * block != n:
@@ -122,7 +123,8 @@ def _to_blocks(x, axis: int, block: int):
     return x.reshape(x.shape[:axis] + (nb, block) + x.shape[axis + 1 :])
 
 
-def _from_blocks(xb, axis: int, n: int):
+def from_blocks(xb, axis: int, n: int):
+    """Inverse of `to_blocks`: merges the block axes and drops the padding."""
     shape = xb.shape[:axis] + (xb.shape[axis] * xb.shape[axis + 1],) + xb.shape[axis + 2 :]
     out = xb.reshape(shape)
     return out if shape[axis] == n else lax.slice_in_dim(out, 0, n, axis=axis)
@@ -133,7 +135,7 @@ def _from_blocks(xb, axis: int, n: int):
 # (float32, exactly on the element grid) before the scale is applied.
 
 
-def _mx_kernel(xb, elem: ElementFormat, rule: str, rounding: str, key, bax: int):
+def mx_kernel(xb, elem: ElementFormat, rule: str, rounding: str, key, bax: int):
     """OCP MX v1.0 §6.3: X = 2^(floor(log2 amax) − emax) in E8M0, V/X rounded and saturated."""
     b = _bits(xb)
     # int order = float order for |x|, NaN on top. A subnormal maximum has exponent field 0 and reads
@@ -146,8 +148,8 @@ def _mx_kernel(xb, elem: ElementFormat, rule: str, rounding: str, key, bax: int)
     s = jnp.clip(s, -127, 127)
     nonfinite = amax >= _EXP
     x = _f32(jnp.where((b & _EXP) == 0, b & _SIGN, b))  # DAZ
-    y = x * _pow2(-s) if elem.emax >= 2 else _mul_pow2(x, -s)  # s ≤ 126 when emax ≥ 2
-    return _round_to_grid(y, elem, rounding, key), s, nonfinite
+    y = x * _pow2(-s) if elem.emax >= 2 else mul_pow2(x, -s)  # s ≤ 126 when emax ≥ 2
+    return round_to_grid(y, elem, rounding, key), s, nonfinite
 
 
 def _div(a, b):
@@ -168,15 +170,15 @@ def _tensor_amax(absb):
     return _f32(jnp.max(v, initial=0))
 
 
-def _nvfp4_kernel(xb, rounding: str, key, bax: int):
-    """NVFP4 in float32 steps, each correctly rounded:
+def nvfp4_kernel(xb, rounding: str, key, bax: int):
+    """NVFP4 as a sequence of correctly rounded float32 operations:
 
-    s_t = amax / (6·448) with amax over the blocks free of NaN/Inf (a non-finite block is NaN anyway);
-    s_b = E4M3(min(amax_b / 6 / s_t, 448)); X_b = s_b · s_t;
-    P_i = E2M1(x_i · (1 / X_b)) — the element step multiplies by the block's encode scale 1/X_b,
-    as GPU kernels do, rather than dividing every element.
+    s_t = amax / (6·448), amax over the blocks free of NaN/Inf (a non-finite block is NaN anyway);
+    s_b = E4M3(min(amax_b / 6 / s_t, 448)); X_b = s_b · s_t; P_i = E2M1(x_i · fl(1 / X_b)).
+    The element step multiplies by the block's encode scale fl(1/X_b), as GPU kernels do, instead of
+    dividing every element (XLA would turn that division into the same product anyway).
     """
-    x = _flush_subnormals(xb)
+    x = flush_subnormals(xb)
     absb = _bits(x) & _ABS
     amax_b = jnp.max(absb, axis=bax, keepdims=True)
     nonfinite = amax_b >= _EXP
@@ -187,25 +189,25 @@ def _nvfp4_kernel(xb, rounding: str, key, bax: int):
     x_b = s_b.astype(jnp.float32) * s_t  # the block's decode scale
     zero = x_b == 0  # zero block, or a block scale below E4M3's range (or flushed): all zeros
     enc = jnp.where(zero, np.float32(0), np.float32(1) / jnp.where(zero, np.float32(1), x_b))
-    return _round_to_grid(x * enc, E2M1, rounding, key), (s_b, s_t, x_b), nonfinite
+    return round_to_grid(x * enc, E2M1, rounding, key), (s_b, s_t, x_b), nonfinite
 
 
-def _per_tensor_kernel(x, elem: ElementFormat, rounding: str, key):
+def per_tensor_kernel(x, elem: ElementFormat, rounding: str, key):
     """Per-tensor FP8: s_t = amax / max_normal (FP32); P_i = E4M3(x_i · (1 / s_t)), saturated."""
-    x = _flush_subnormals(x)
+    x = flush_subnormals(x)
     absb = _bits(x) & _ABS
     amax_t = _tensor_amax(absb)
     s_t = jnp.where(amax_t == 0, np.float32(1), _div(amax_t, elem.max_normal))
     finite = absb < _EXP
     y = jnp.where(finite, x * (np.float32(1) / s_t), np.float32(0))
-    return _round_to_grid(y, elem, rounding, key), s_t, finite
+    return round_to_grid(y, elem, rounding, key), s_t, finite
 
 
 # ---------------------------------------------------------------------------------------------
 # Element codes.
 
 
-def _encode(r, elem: ElementFormat):
+def encode(r, elem: ElementFormat):
     """Element values on the grid (float32) → storage codes (narrow ml_dtypes type, uint8, int8)."""
     if elem.ebits == 0:  # INT8: integer = r · 2^(mbits − emin)
         return (r * np.float32(2.0 ** (elem.mbits - elem.emin))).astype(jnp.int8)
@@ -217,11 +219,11 @@ def _encode(r, elem: ElementFormat):
     e = (mag >> 23) - 127
     normal = ((e + elem.bias) << elem.mbits) | ((mag & _MANT) >> (23 - elem.mbits))
     sub = (jnp.abs(r) * np.float32(2.0 ** (elem.mbits - elem.emin))).astype(jnp.int32)
-    code = jnp.where(e >= elem.emin, normal, sub) | (lax.shift_right_logical(rb, 31) << (elem.ebits + elem.mbits))
-    return code.astype(jnp.uint8)
+    sign = lax.shift_right_logical(rb, 31) << (elem.ebits + elem.mbits)
+    return (jnp.where(e >= elem.emin, normal, sub) | sign).astype(jnp.uint8)
 
 
-def _decode(codes, elem: ElementFormat):
+def decode(codes, elem: ElementFormat):
     """Storage codes → element values (float32)."""
     if elem.ebits == 0:
         return codes.astype(jnp.float32) * np.float32(2.0 ** (elem.emin - elem.mbits))

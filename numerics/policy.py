@@ -5,7 +5,7 @@
     attn = nnx.Einsum("btd,dnh->btnh", (64, 4, 16), einsum_op=policy.einsum, rngs=nnx.Rngs(0))
 
 References:
-  Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv 2310.10537 (2023), §6–7
+  Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv 2310.10537 (2023)
   (formats per tensor role: weights, activations, gradients).
 """
 

@@ -66,11 +66,13 @@ def _check(x, fmt, axis, scale_rule, rounding, key):
     if not hasattr(x, "dtype"):
         x = np.asarray(x)  # Python scalars and lists
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"quantization needs a floating-point input, got dtype {x.dtype} ({type(x).__name__})")
+        raise ValueError(f"quantization needs a floating-point input, got dtype {x.dtype} "
+                         f"({type(x).__name__})")
     x = jnp.asarray(x)
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -max(x.ndim, 1) <= axis < max(x.ndim, 1):
+    rank = max(x.ndim, 1)  # a scalar is quantized as a block of one
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -rank <= axis < rank:
         raise ValueError(f"axis={axis!r} is out of range for an input of shape {x.shape}")
-    axis = int(axis) % max(x.ndim, 1)
+    axis = int(axis) % rank
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; valid: {ROUNDINGS}")
     if rounding == "stochastic" and key is None:
@@ -97,29 +99,30 @@ def _quantize_parts(x, key, fmt: BlockFormat, axis: int, rule, rounding: str, fa
     if fmt.kind == "identity":
         return x if fake else (x, None, None)
     if fmt.kind == "cast":
-        r = K._round_bf16(K._flush_subnormals(x), rounding, key)
+        r = K.round_bf16(K.flush_subnormals(x), rounding, key)
         return r if fake else (r.astype(jnp.bfloat16), None, None)
     if fmt.kind == "per_tensor":
-        r, s_t, finite = K._per_tensor_kernel(x, elem, rounding, key)
+        r, s_t, finite = K.per_tensor_kernel(x, elem, rounding, key)
         if fake:
             return jnp.where(finite, r * s_t, np.float32(np.nan))
         return jnp.where(finite, r, np.float32(np.nan)).astype(elem.dtype), None, s_t
     n = x.shape[axis]
-    xb = K._to_blocks(x, axis, fmt.block_size)
+    xb = K.to_blocks(x, axis, fmt.block_size)
     if fmt.kind == "nvfp4":
-        r, (s_b, s_t, x_b), nonfinite = K._nvfp4_kernel(xb, rounding, key, axis + 1)
+        r, (s_b, s_t, x_b), nonfinite = K.nvfp4_kernel(xb, rounding, key, axis + 1)
         if fake:
-            return K._from_blocks(jnp.where(nonfinite, np.float32(np.nan), r * x_b), axis, n)
-        scales = jnp.where(nonfinite, np.float32(np.nan), s_b.astype(jnp.float32)).astype(ml_dtypes.float8_e4m3fn)
+            return K.from_blocks(jnp.where(nonfinite, np.float32(np.nan), r * x_b), axis, n)
+        scales = jnp.where(nonfinite, np.float32(np.nan), s_b.astype(jnp.float32))
+        scales = scales.astype(ml_dtypes.float8_e4m3fn)
         codes = jnp.where(nonfinite, np.float32(0), r).astype(elem.dtype)
         return codes.reshape(_padded(x.shape, axis, xb)), jnp.squeeze(scales, axis + 1), s_t
-    r, s, nonfinite = K._mx_kernel(xb, elem, rule, rounding, key, axis + 1)
+    r, s, nonfinite = K.mx_kernel(xb, elem, rule, rounding, key, axis + 1)
     if fake:
         if elem.ebits == 0:
             r = jnp.where(r == 0, np.float32(0), r)  # INT8 has no −0 (and XLA folds r + 0 to r)
-        out = K._mul_pow2(r, s)
-        return K._from_blocks(jnp.where(nonfinite, np.float32(np.nan), out), axis, n)
-    codes = K._encode(jnp.where(nonfinite, np.float32(0), r), elem)
+        out = K.mul_pow2(r, s)
+        return K.from_blocks(jnp.where(nonfinite, np.float32(np.nan), out), axis, n)
+    codes = K.encode(jnp.where(nonfinite, np.float32(0), r), elem)
     scales = jnp.where(nonfinite, 255, s + 127).astype(jnp.uint8)
     return codes.reshape(_padded(x.shape, axis, xb)), jnp.squeeze(scales, axis + 1), None
 
@@ -133,7 +136,9 @@ def quantize(x, fmt, *, axis: int = -1, scale_rule: str | None = None, rounding:
     """Quantizes x to a block-scaled format along `axis`.
 
     MX (OCP MX v1.0 §6.3): X = 2^clamp(floor(log2 max|V|) − emax, −127, 127), P_i = sat(round(V_i / X)).
-    A block containing NaN or ±Inf gets X = NaN (E8M0 0xFF) and dequantizes to all-NaN.
+    A block containing NaN or ±Inf gets X = NaN (E8M0 0xFF) and dequantizes to all-NaN; an all-zero
+    block gets X = 2^-127 and zero codes. With scale_rule="rceil" a block maximum within half an element
+    ulp of 2^128 rounds up to 2^128 and dequantizes to ±Inf (float32 has no such value).
 
     Args:
       x: floating-point array, any shape (bf16, f16, f32; converted to float32 first).
@@ -151,7 +156,7 @@ def quantize(x, fmt, *, axis: int = -1, scale_rule: str | None = None, rounding:
         stochastic rounding without a key (or a key without it).
 
     References:
-      OCP MX v1.0 §6.3; arXiv 2310.10537 §3.
+      OCP MX v1.0 §6.3; arXiv 2310.10537.
     """
     x, fmt, ax, rule = _check(x, fmt, axis, scale_rule, rounding, key)
     codes, scales, tensor_scale = _quantize_parts(x, key, fmt, ax, rule, rounding, False)
@@ -166,15 +171,15 @@ def _dequantize(codes, scales, tensor_scale, fmt: BlockFormat, axis: int, shape)
     if fmt.kind == "per_tensor":
         return (codes.astype(jnp.float32) * tensor_scale).reshape(shape)
     n = shape[axis] if shape else 1
-    vb = K._to_blocks(K._decode(codes, elem), axis, fmt.block_size)
+    vb = K.to_blocks(K.decode(codes, elem), axis, fmt.block_size)
     if fmt.kind == "nvfp4":
         s_b = jnp.expand_dims(scales.astype(jnp.float32), axis + 1)
         out = vb * (jnp.where(jnp.isnan(s_b), np.float32(0), s_b) * tensor_scale)
         out = jnp.where(jnp.isnan(s_b), np.float32(np.nan), out)
     else:
         e = jnp.expand_dims(scales.astype(jnp.int32), axis + 1)
-        out = jnp.where(e == 255, np.float32(np.nan), K._mul_pow2(vb, e - 127))
-    return K._from_blocks(out, axis, n).reshape(shape)
+        out = jnp.where(e == 255, np.float32(np.nan), K.mul_pow2(vb, e - 127))
+    return K.from_blocks(out, axis, n).reshape(shape)
 
 
 def dequantize(q: QuantizedArray) -> jax.Array:
