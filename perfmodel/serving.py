@@ -35,7 +35,9 @@ import numpy as np
 
 from . import ops
 from .specs import HardwareSpec, ModelSpec
-from .step import LayoutArrays, StepCost, decode_step, fits, mixed_step, pipeline_microbatches, prefill_step
+from .step import (
+    LayoutArrays, StepCost, decode_step, fits, mixed_step, pipeline_microbatches, prefill_step, round_up,
+)
 
 
 class Serving(NamedTuple):
@@ -61,13 +63,14 @@ def replica_gpus(lay: LayoutArrays):
 
 
 def colocated(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, isl, osl,
-              step: StepCost | None = None) -> Serving:
+              step: StepCost | None = None, *, relaxed: bool = False) -> Serving:
     """Co-located serving with chunked prefill piggybacked on every decode iteration.
 
     Args:
       model, hw, params: as in `step`. lay: design point(s).
       isl, osl: input and output tokens per request.
       step: a precomputed `mixed_step` (to share it with energy accounting).
+      relaxed: smooth surrogate of the integer roundings (`step.decode_step`).
 
     Returns:
       `Serving` (alpha = 0).
@@ -77,12 +80,13 @@ def colocated(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, isl
     """
     isl, osl = jnp.asarray(isl, jnp.float32), jnp.asarray(osl, jnp.float32)
     ctx = isl + 0.5 * osl
-    step = mixed_step(model, hw, params, lay, ctx, isl, osl) if step is None else step
+    step = mixed_step(model, hw, params, lay, ctx, isl, osl, relaxed=relaxed) if step is None else step
     t = step.time_s
-    p = lay.batch / pipeline_microbatches(lay) * isl / osl
+    b = round_up(lay.batch / pipeline_microbatches(lay), relaxed)
+    p = b * isl / osl
     ttft = jnp.maximum(1.0, isl / p) * t
     g = replica_gpus(lay)
-    ok, _ = fits(model, hw, lay, ctx, tokens=lay.batch / pipeline_microbatches(lay) + jnp.minimum(p, isl))
+    ok, _ = fits(model, hw, lay, ctx, tokens=b + jnp.minimum(p, isl), relaxed=relaxed)
     return Serving(ttft, t, 1.0 / t, lay.batch / (t * g), jnp.zeros_like(t), g, ok)
 
 
@@ -94,7 +98,7 @@ def kv_cache_bytes(model: ModelSpec, tokens, kv_bits):
 def disaggregated(model: ModelSpec, hw: HardwareSpec, params, prefill_lay: LayoutArrays,
                   decode_lay: LayoutArrays, isl, osl, *, alpha=None, prefill_hw: HardwareSpec | None = None,
                   prefill_params=None, kv_level: int | None = None,
-                  steps: tuple[StepCost, StepCost] | None = None) -> Serving:
+                  steps: tuple[StepCost, StepCost] | None = None, relaxed: bool = False) -> Serving:
     """Disaggregated prefill and decode pools, rate matched (or at a fixed ratio α).
 
     Args:
@@ -105,6 +109,7 @@ def disaggregated(model: ModelSpec, hw: HardwareSpec, params, prefill_lay: Layou
       prefill_hw, prefill_params: a different prefill pool (heterogeneous; default: the decode's).
       kv_level: link level of the KV transfer (default: scale-out, 2).
       steps: precomputed (prefill_step, decode_step).
+      relaxed: smooth surrogate of the integer roundings (`step.decode_step`).
 
     Returns:
       `Serving`; alpha is the rate-matched or given ratio; gpus the decode replica's.
@@ -117,8 +122,8 @@ def disaggregated(model: ModelSpec, hw: HardwareSpec, params, prefill_lay: Layou
     isl, osl = jnp.asarray(isl, jnp.float32), jnp.asarray(osl, jnp.float32)
     ctx = isl + 0.5 * osl
     if steps is None:
-        steps = (prefill_step(model, phw, pparams, prefill_lay, isl),
-                 decode_step(model, hw, params, decode_lay, ctx))
+        steps = (prefill_step(model, phw, pparams, prefill_lay, isl, relaxed=relaxed),
+                 decode_step(model, hw, params, decode_lay, ctx, relaxed=relaxed))
     pf, dc = steps
     g_p, g_d = replica_gpus(prefill_lay), replica_gpus(decode_lay)
     r_p = prefill_lay.batch / pf.period_s
@@ -134,8 +139,8 @@ def disaggregated(model: ModelSpec, hw: HardwareSpec, params, prefill_lay: Layou
         a = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), r_d.shape)
         tps_gpu = osl * jnp.minimum(a * r_p / g_p, r_d / g_d) / (1.0 + a)
     ok_p, _ = fits(model, phw, prefill_lay, isl, tokens=prefill_lay.batch * jnp.where(
-        prefill_lay.chunk > 0, jnp.minimum(prefill_lay.chunk, isl), isl))
-    ok_d, _ = fits(model, hw, decode_lay, ctx)
+        prefill_lay.chunk > 0, jnp.minimum(prefill_lay.chunk, isl), isl), relaxed=relaxed)
+    ok_d, _ = fits(model, hw, decode_lay, ctx, relaxed=relaxed)
     return Serving(ttft, dc.time_s, 1.0 / dc.time_s, tps_gpu, a, g_d, ok_p & ok_d)
 
 

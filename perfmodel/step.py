@@ -117,6 +117,12 @@ def exact_ceil(x):
     return x + jax.lax.stop_gradient(jnp.ceil(x - 1e-4) - x)
 
 
+def round_up(x, relaxed: bool = False):
+    """The layouts' integer roundings: `exact_ceil(x)`, or x itself when `relaxed` (a smooth
+    surrogate for gradient search, exact wherever the division is exact)."""
+    return x if relaxed else exact_ceil(x)
+
+
 def max1_relaxed(x):
     """max(1, x), exact outside (1, 2) and C¹: 1 + (x−1)²(2 − (x−1)) on [1, 2].
 
@@ -155,8 +161,8 @@ class StepCost(NamedTuple):
 class _Tally:
     """Trace-time accumulator of op costs (Python object; everything inside is jnp)."""
 
-    def __init__(self, hw: HardwareSpec, eff, lay: LayoutArrays):
-        self.hw, self.eff = hw, eff
+    def __init__(self, hw: HardwareSpec, eff, lay: LayoutArrays, relaxed: bool = False):
+        self.hw, self.eff, self.relaxed = hw, eff, relaxed
         self.peak = hw.peak_flops(jnp.maximum(lay.weight_bits, lay.act_bits))
         self.peak_attn = hw.peak_flops(jnp.maximum(lay.kv_bits, lay.act_bits))
         self.bw = hw.hbm_bandwidth_bytes_per_s
@@ -236,7 +242,7 @@ def _attention(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     h, q = float(m.hidden), float(m.n_heads)
     qh = q / lay.tpa
     kvh = max1_relaxed(m.n_kv_heads / lay.tpa)
-    ta = s.tokens / d
+    ta = round_up(s.tokens / d, t.relaxed)  # tokens of the largest attention group
     mb = lay.microbatches
     t.op("other", ELEMENTWISE, (10.0 * ta * h, 10.0 * ta * h * ab), count, peak=t.hw.flops_fp32)
     if m.is_mla:
@@ -251,7 +257,7 @@ def _attention(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
         t.op("attention", GEMM, ops.gemm_cost(ta, (qh + 2.0 * kvh) * hsz, h, ab, wb), count)
     v_out = float(m.v_dim)
     if s.dec_seqs is not None:
-        bd = s.dec_seqs / d
+        bd = round_up(s.dec_seqs / d, t.relaxed)  # the largest group when d does not divide the batch
         if m.is_mla:  # absorbed MLA: q_nope·W_UK into the latent, attention over it, latent·W_UV
             t.op("attention", GROUPED_GEMM, ops.grouped_gemm_cost(bd * qh, lat, nope, qh, ab, wb), count)
             attn = ops.decode_attention_cost(bd / mb, s.dec_ctx / lay.kvp, qh, 1.0, lat + rope, lat, kb,
@@ -318,11 +324,11 @@ def expected_active_experts(n_experts, top_k, tokens):
 def _moe_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     wb, ab, cb = _bytes(lay.weight_bits), _bytes(lay.act_bits), _bytes(lay.comm_bits)
     h, fe, e, k = float(m.hidden), float(m.expert_ffn), float(m.n_experts), float(m.top_k)
-    d, g, n = lay.dp_attn, lay.kvp * lay.tpa, lay.n_attention
+    d, g = lay.dp_attn, lay.kvp * lay.tpa
     tok = s.tokens
-    ta = tok / d
+    ta = round_up(tok / d, t.relaxed)  # tokens of the largest attention group
     t.op("ffn", GEMM, ops.gemm_cost(ta, e, h, ab, wb), count)
-    dispatch = tok / n * k * h * cb
+    dispatch = ta / g * k * h * cb  # each group member sends its share of the group's tokens
     t.coll("all_to_all", dispatch, d, count)
     local_tokens = tok * k / lay.ep
     active = expected_active_experts(e, k, tok) / lay.ep
@@ -338,12 +344,12 @@ def _moe_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     t.coll("all_reduce", ta * h * cb, g, count)
 
 
-def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0) -> _Tally:
+def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0, relaxed=False) -> _Tally:
     """All layers of one pipeline pass (every stage once), plus embedding and LM head.
 
     `head_count` scales the LM head (prefill: one head per prompt, not per chunk).
     """
-    t = _Tally(hw, eff, lay)
+    t = _Tally(hw, eff, lay, relaxed)
     n_moe = float(model.n_moe_layers)
     n_dense = float(model.n_layers) - n_moe
     _attention(t, model, lay, s, float(model.n_layers))  # identical in dense and MoE layers
@@ -374,15 +380,15 @@ def _cost(t: _Tally, time_s, period_s, work_scale) -> StepCost:
     )
 
 
-def _largest_stage(model: ModelSpec, lay: LayoutArrays):
+def _largest_stage(model: ModelSpec, lay: LayoutArrays, relaxed=False):
     """Share of the layers on the largest pipeline stage: ⌈L/pp⌉ / L."""
-    return exact_ceil(float(model.n_layers) / lay.pp) / float(model.n_layers)
+    return round_up(float(model.n_layers) / lay.pp, relaxed) / float(model.n_layers)
 
 
-def _bottleneck(model: ModelSpec, lay: LayoutArrays, in_flight):
+def _bottleneck(model: ModelSpec, lay: LayoutArrays, in_flight, relaxed=False):
     """Uneven stages: m micro-batches queue at the largest stage, so a pass takes
     max(1, m·⌈L/pp⌉/L) times the sum of the stages (1 when pp divides L)."""
-    return jnp.maximum(1.0, in_flight * _largest_stage(model, lay))
+    return jnp.maximum(1.0, in_flight * _largest_stage(model, lay, relaxed))
 
 
 def pipeline_microbatches(lay: LayoutArrays):
@@ -391,7 +397,8 @@ def pipeline_microbatches(lay: LayoutArrays):
     return jnp.minimum(lay.pp, lay.batch)
 
 
-def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len) -> StepCost:
+def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, *,
+                relaxed: bool = False) -> StepCost:
     """One decode step: every one of `batch` sequences gets a token (TTL = time_s).
 
     The batch is split into m = min(pp, B) pipeline micro-batches of B/m in flight; each passes
@@ -400,6 +407,8 @@ def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, s
     Args:
       model, hw: specs. params: `EfficiencyParams` (or `Efficiency`).
       lay: the design point(s). seq_len: cached tokens each sequence attends to.
+      relaxed: drop the integer roundings (uneven splits: ⌈B/m⌉, ⌈B/dp_attn⌉, ⌈L/pp⌉) for a
+        smooth function of real degrees; they are exact when the splits are even.
 
     Returns:
       `StepCost` (per GPU; work per period = per TTL).
@@ -409,11 +418,11 @@ def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, s
     """
     eff = ops.as_efficiency(params)
     in_flight = pipeline_microbatches(lay)
-    b = lay.batch / in_flight
+    b = round_up(lay.batch / in_flight, relaxed)  # the largest micro-batch
     seq_len = jnp.asarray(seq_len, jnp.float32)
     s = _Shape(b, seq_len, None, None, None, None)
-    t = _pass(model, hw, eff, lay, s, b)
-    time = t.total() * _bottleneck(model, lay, in_flight)
+    t = _pass(model, hw, eff, lay, s, b, relaxed=relaxed)
+    time = t.total() * _bottleneck(model, lay, in_flight, relaxed)
     return _cost(t, time, time, in_flight / lay.pp)
 
 
@@ -425,7 +434,8 @@ def _chunk_shape(tokens_per_seq_chunk, seqs, isl):
     return pairs, prefix + c
 
 
-def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, isl) -> StepCost:
+def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, isl, *,
+                 relaxed: bool = False) -> StepCost:
     """Prefill of `batch` prompts of `isl` tokens, chunked (`chunk` > 0) and pipelined over `pp`.
 
     Chunks of C tokens (C = isl when chunk = 0) are the pipeline's micro-batches (chunked
@@ -433,7 +443,7 @@ def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, 
     enters every (isl/C)·t_stage (period_s).
 
     Args:
-      isl: prompt tokens per sequence.
+      isl: prompt tokens per sequence. relaxed: as in `decode_step`.
 
     Returns:
       `StepCost`: time_s = TTFT of the batch (without queueing), period_s as above.
@@ -444,14 +454,15 @@ def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, 
     n_chunks = isl / c
     pairs, kv = _chunk_shape(c, lay.batch, isl)
     s = _Shape(None, None, lay.batch * c, lay.batch, pairs, kv)
-    t = _pass(model, hw, eff, lay, s, lay.batch, head_count=1.0 / n_chunks)
-    stage = t.total() * _largest_stage(model, lay)
+    t = _pass(model, hw, eff, lay, s, lay.batch, head_count=1.0 / n_chunks, relaxed=relaxed)
+    stage = t.total() * _largest_stage(model, lay, relaxed)
     ttft = (n_chunks + lay.pp - 1.0) * stage
     t.scale(n_chunks)
     return _cost(t, ttft, n_chunks * stage, n_chunks / lay.pp)
 
 
-def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, isl, osl) -> StepCost:
+def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, isl, osl, *,
+               relaxed: bool = False) -> StepCost:
     """One co-located iteration: `batch` decode tokens plus piggybacked prefill tokens.
 
     Rate balance (Sarathi-style chunked prefill): a steady state finishes B/OSL requests per
@@ -460,21 +471,21 @@ def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, se
 
     Args:
       seq_len: context of the decoding sequences (ISL + OSL/2 on average).
-      isl, osl: request lengths.
+      isl, osl: request lengths. relaxed: as in `decode_step`.
 
     Returns:
       `StepCost` of one iteration.
     """
     eff = ops.as_efficiency(params)
     in_flight = pipeline_microbatches(lay)
-    b = lay.batch / in_flight
+    b = round_up(lay.batch / in_flight, relaxed)  # the largest micro-batch
     isl = jnp.asarray(isl, jnp.float32)
     p = b * isl / jnp.asarray(osl, jnp.float32)
     c = jnp.minimum(p, isl)
     pairs, kv = _chunk_shape(c, p / c, isl)
     s = _Shape(b, jnp.asarray(seq_len, jnp.float32), p, p / c, pairs, kv)
-    t = _pass(model, hw, eff, lay, s, b + p / c)
-    time = t.total() * _bottleneck(model, lay, in_flight)
+    t = _pass(model, hw, eff, lay, s, b + p / c, relaxed=relaxed)
+    time = t.total() * _bottleneck(model, lay, in_flight, relaxed)
     return _cost(t, time, time, in_flight / lay.pp)
 
 
@@ -528,7 +539,7 @@ def kv_elems_per_token_per_gpu(model: ModelSpec, lay: LayoutArrays):
     return 2.0 * max1_relaxed(model.n_kv_heads / lay.tpa) * float(model.head_dim)
 
 
-def memory_footprint(model: ModelSpec, lay: LayoutArrays, seq_len, tokens=None) -> Memory:
+def memory_footprint(model: ModelSpec, lay: LayoutArrays, seq_len, tokens=None, *, relaxed: bool = False) -> Memory:
     """Per-GPU HBM use: weights of ⌈L/pp⌉ layers (+ embedding/LM head, vocab-parallel over G), the
     KV cache of B/dp_attn sequences × seq_len/KVP tokens × ⌈L/pp⌉ layers, activations of `tokens`.
     Dense and MoE layers are spread over the stages in proportion.
@@ -536,6 +547,7 @@ def memory_footprint(model: ModelSpec, lay: LayoutArrays, seq_len, tokens=None) 
     Args:
       seq_len: cached tokens per sequence.
       tokens: tokens in flight per pass (default: a decode micro-batch, batch / min(pp, batch)).
+      relaxed: as in `decode_step`.
 
     Returns:
       `Memory` (bytes).
@@ -544,15 +556,15 @@ def memory_footprint(model: ModelSpec, lay: LayoutArrays, seq_len, tokens=None) 
     n_moe = float(model.n_moe_layers)
     n_dense = float(model.n_layers) - n_moe
     g = lay.kvp * lay.tpa
-    stage = _largest_stage(model, lay)
+    stage = _largest_stage(model, lay, relaxed)
     per_stage = (float(model.n_layers) * attention_weights_per_gpu(model, lay)
                  + n_dense * ffn_weights_per_gpu(model, lay, False)
                  + n_moe * ffn_weights_per_gpu(model, lay, True)) * stage
     embed = float(model.vocab) * float(model.hidden) / g * (1.0 + 1.0 / lay.pp)
     weights = (per_stage + embed) * wb
-    kv = (lay.batch / lay.dp_attn * jnp.asarray(seq_len, jnp.float32) / lay.kvp
+    kv = (round_up(lay.batch / lay.dp_attn, relaxed) * jnp.asarray(seq_len, jnp.float32) / lay.kvp
           * kv_elems_per_token_per_gpu(model, lay) * float(model.n_layers) * stage * kb)
-    tok = lay.batch / pipeline_microbatches(lay) if tokens is None else tokens
+    tok = round_up(lay.batch / pipeline_microbatches(lay), relaxed) if tokens is None else tokens
     h = float(model.hidden)
     act = tok * 6.0 * h
     if n_dense:
@@ -562,9 +574,9 @@ def memory_footprint(model: ModelSpec, lay: LayoutArrays, seq_len, tokens=None) 
     return Memory(weights, kv, act * ab)
 
 
-def fits(model: ModelSpec, hw: HardwareSpec, lay: LayoutArrays, seq_len, tokens=None):
+def fits(model: ModelSpec, hw: HardwareSpec, lay: LayoutArrays, seq_len, tokens=None, *, relaxed: bool = False):
     """True where the per-GPU footprint fits HBM; also returns the use ratio (smooth constraint)."""
-    ratio = memory_footprint(model, lay, seq_len, tokens).total_bytes / hw.hbm_capacity_bytes
+    ratio = memory_footprint(model, lay, seq_len, tokens, relaxed=relaxed).total_bytes / hw.hbm_capacity_bytes
     return ratio <= 1.0, ratio
 
 
@@ -576,7 +588,7 @@ def decode_read_bytes(model: ModelSpec, lay: LayoutArrays, seq_len):
     KV: B/dp_attn · S/KVP · kv_elems_per_token_per_gpu · kv_bytes. Weights: attention (QKV by TPA,
     W_O by KVP·TPA) + FFN (3·H·F / (TPF·EP)).
     """
-    kv = (lay.batch / lay.dp_attn * jnp.asarray(seq_len, jnp.float32) / lay.kvp
+    kv = (exact_ceil(lay.batch / lay.dp_attn) * jnp.asarray(seq_len, jnp.float32) / lay.kvp
           * kv_elems_per_token_per_gpu(model, lay) * _bytes(lay.kv_bits))
     w = (attention_weights_per_gpu(model, lay) + ffn_weights_per_gpu(model, lay, False)) * _bytes(lay.weight_bits)
     return kv, w

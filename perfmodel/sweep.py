@@ -55,7 +55,8 @@ def enumerate_layouts(model: ModelSpec, *, max_gpus: int, batches: Sequence[int]
     Args:
       model: the model.
       max_gpus: bound on N·pp.
-      batches: batch sizes per replica (skipped unless min(pp, B)·dp_attn divides them).
+      batches: batch sizes per replica (uneven splits over pipeline micro-batches and dp_attn
+        groups are allowed: the largest one sets the time; B < dp_attn is skipped).
       pp_options: pipeline depths; with `uneven_pp` stages may hold ⌈L/pp⌉ and ⌊L/pp⌋ layers.
       microbatch_modes: "none" (1), "per_request" (HOP-B over every request of a group pass),
         "pow2" (every power of two dividing that count); the last two only with KVP > 1.
@@ -106,9 +107,9 @@ def enumerate_layouts(model: ModelSpec, *, max_gpus: int, batches: Sequence[int]
                 ffns.append((tpa, 1, "medha"))
             for (tpf, ep, fam), b in itertools.product(ffns, batches):
                 in_flight = min(pp, b)  # pipeline micro-batches (step.pipeline_microbatches)
-                if fam not in families or b % (in_flight * d):
+                if fam not in families or b < d:
                     continue
-                per_group = b // (in_flight * d)  # requests of one group per pipeline pass
+                per_group = -(-b // (in_flight * d))  # requests of the largest group per pipeline pass
                 mbs = set()
                 if "none" in microbatch_modes:
                     mbs.add(1)
