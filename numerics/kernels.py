@@ -15,8 +15,8 @@ Flush to zero (FTZ). A dequantized value below 2^-126 is a float32 subnormal: IE
 exactly, XLA CPU (and TPU) flush it to ±0. MX codes and scales never depend on this; only tiny
 blocks are touched: those whose E8M0 exponent s has s + emin − mbits < −126 (s < −117 for E4M3).
 NVFP4 computes its scales in float32 as the recipe does, so on a flushing backend a block with amax
-below 6·2^-126 (its scale s_b·s_t is subnormal) and every block of a tensor with amax below
-2688·2^-126 ≈ 2^-114.6 (s_t is subnormal) dequantize to zeros.
+below about 6·2^-126 (its scale s_b·s_t is subnormal) dequantizes to zeros. The FP32 tensor scales
+of NVFP4 and fp8_e4m3 are floored at 2^-126, so tiny tensors keep a usable (normal) tensor scale.
 
 Non-finite input. MX: a block holding NaN or ±Inf gets the E8M0 scale 0xFF (NaN) and all-zero codes;
 it dequantizes to all-NaN (OCP MX v1.0 §6.3). NVFP4: the block scale is E4M3 NaN, same effect, and
@@ -170,10 +170,19 @@ def _tensor_amax(absb):
     return _f32(jnp.max(v, initial=0))
 
 
+def _tensor_scale(amax_t, divisor: float):
+    """FP32 tensor scale amax / divisor, at least 2^-126 so that it survives FTZ; 1 for a zero tensor.
+
+    Without the floor, a tensor with amax below divisor · 2^-126 would get a flushed scale of 0.
+    """
+    s_t = jnp.maximum(_div(amax_t, divisor), np.float32(2.0**-126))
+    return jnp.where(amax_t == 0, np.float32(1), s_t)
+
+
 def nvfp4_kernel(xb, rounding: str, key, bax: int):
     """NVFP4 as a sequence of correctly rounded float32 operations:
 
-    s_t = amax / (6·448), amax over the blocks free of NaN/Inf (a non-finite block is NaN anyway);
+    s_t = max(amax / (6·448), 2^-126), amax over the blocks free of NaN/Inf (a non-finite block is NaN);
     s_b = E4M3(min(amax_b / 6 / s_t, 448)); X_b = s_b · s_t; P_i = E2M1(x_i · fl(1 / X_b)).
     The element step multiplies by the block's encode scale fl(1/X_b), as GPU kernels do, instead of
     dividing every element (XLA would turn that division into the same product anyway).
@@ -183,7 +192,7 @@ def nvfp4_kernel(xb, rounding: str, key, bax: int):
     amax_b = jnp.max(absb, axis=bax, keepdims=True)
     nonfinite = amax_b >= _EXP
     amax_t = _tensor_amax(amax_b)  # over the finite blocks: a single pass over x
-    s_t = jnp.where(amax_t == 0, np.float32(1), _div(amax_t, E2M1.max_normal * _NVFP4_E4M3_MAX))
+    s_t = _tensor_scale(amax_t, E2M1.max_normal * _NVFP4_E4M3_MAX)
     s_b = jnp.minimum(_div(_div(_f32(amax_b), E2M1.max_normal), s_t), np.float32(_NVFP4_E4M3_MAX))
     s_b = jnp.where(nonfinite, np.float32(0), s_b).astype(ml_dtypes.float8_e4m3fn)
     x_b = s_b.astype(jnp.float32) * s_t  # the block's decode scale
@@ -193,11 +202,11 @@ def nvfp4_kernel(xb, rounding: str, key, bax: int):
 
 
 def per_tensor_kernel(x, elem: ElementFormat, rounding: str, key):
-    """Per-tensor FP8: s_t = amax / max_normal (FP32); P_i = E4M3(x_i · (1 / s_t)), saturated."""
+    """Per-tensor FP8: s_t = max(amax / max_normal, 2^-126) (FP32); P_i = E4M3(x_i · fl(1 / s_t))."""
     x = flush_subnormals(x)
     absb = _bits(x) & _ABS
     amax_t = _tensor_amax(absb)
-    s_t = jnp.where(amax_t == 0, np.float32(1), _div(amax_t, elem.max_normal))
+    s_t = _tensor_scale(amax_t, elem.max_normal)
     finite = absb < _EXP
     y = jnp.where(finite, x * (np.float32(1) / s_t), np.float32(0))
     return round_to_grid(y, elem, rounding, key), s_t, finite

@@ -123,19 +123,20 @@ def ref_mx(x, name, axis=-1, rule="floor", rounding="even"):
 
 
 def ref_nvfp4(x, axis=-1):
-    """NVFP4: s_t = amax/(6·448), s_b = E4M3(amax_b / 6 / s_t), codes = E2M1(x · (1 / (s_b · s_t))), float32 ops."""
+    """NVFP4: s_t = max(amax/(6·448), 2^-126), s_b = E4M3(amax_b / 6 / s_t), codes = E2M1(x · (1 / (s_b · s_t)))."""
     xb, n = _blocks(_daz(x), axis, 16)
     nonfinite = ~np.all(np.isfinite(xb), axis=-1, keepdims=True)
     amax_b = np.max(np.abs(np.where(nonfinite, 0, xb)), axis=-1, keepdims=True)
     amax_t = np.max(amax_b).astype(np.float32)  # over the blocks free of NaN/Inf
-    s_t = np.float32(1) if amax_t == 0 else amax_t / np.float32(6 * 448)
-    s_b = np.minimum(amax_b / np.float32(6) / s_t, np.float32(448)).astype(ml_dtypes.float8_e4m3fn)
-    x_b = s_b.astype(np.float32) * s_t
+    s_t = np.float32(1) if amax_t == 0 else max(amax_t / np.float32(6 * 448), np.float32(F32_TINY))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_b = np.minimum(amax_b / np.float32(6) / s_t, np.float32(448)).astype(ml_dtypes.float8_e4m3fn)
+    x_b = _ftz(s_b.astype(np.float32) * s_t)  # the float32 scale products are flushed like XLA CPU
     enc = np.where(x_b == 0, np.float32(0), np.float32(1) / np.where(x_b == 0, np.float32(1), x_b))
     with np.errstate(invalid="ignore"):
         y = np.where(nonfinite, np.float32(0), xb * enc)  # encode scale 1/X_b, rounded to float32
     codes = np.clip(y, -6, 6).astype(ml_dtypes.float4_e2m1fn)
-    deq = np.where(nonfinite, np.nan, codes.astype(np.float32) * x_b)
+    deq = np.where(nonfinite, np.nan, _ftz(codes.astype(np.float32) * x_b))
     return codes, s_b, s_t, _unblock(deq, axis, n)
 
 
@@ -143,9 +144,9 @@ def ref_fp8_tensor(x):
     x = _daz(x)
     fin = np.isfinite(x)
     amax = np.max(np.abs(np.where(fin, x, 0))).astype(np.float32)
-    s_t = np.float32(1) if amax == 0 else amax / np.float32(448)
+    s_t = np.float32(1) if amax == 0 else max(amax / np.float32(448), np.float32(F32_TINY))
     codes = np.where(fin, np.clip(x * (np.float32(1) / s_t), -448, 448), np.nan).astype(ml_dtypes.float8_e4m3fn)
-    return codes, s_t, codes.astype(np.float32) * s_t
+    return codes, s_t, _ftz(codes.astype(np.float32) * s_t)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -346,8 +347,9 @@ def test_exhaustive_bf16_through_every_mx_format(arrangement):
 
 def test_nvfp4_bit_exact():
     x, where = data_groups("nvfp4")
-    x = x[: where["near_pow2"][1]]  # without the E8M0-clamp specials: those are FTZ territory here
     x = np.concatenate([x, _rows(np.array([np.nan, 1, 2, -np.inf] + [0.5] * 28))])
+    tiny = _rows(_specials()[5:10])  # a tensor with amax ≈ 2^-110: subnormal scale products, flushed
+    assert _bits_equal(numerics.fake_quantize(tiny, "nvfp4"), ref_nvfp4(tiny)[3]).all()
     codes, s_b, s_t, deq = ref_nvfp4(x)
     q = numerics.quantize(x, "nvfp4")
     np.testing.assert_array_equal(np.asarray(q.codes).view(np.uint8), codes.reshape(q.codes.shape).view(np.uint8))
@@ -374,6 +376,8 @@ def test_nvfp4_bit_exact():
 def test_fp8_per_tensor_and_bf16_bit_exact():
     x, _ = data_groups("fp8_e4m3")
     x = np.concatenate([x[:8], _rows(np.array([np.nan, np.inf, -np.inf, 3.0]))])
+    tiny = _rows(_specials()[5:10])  # amax ≈ 2^-110: amax / 448 is floored at 2^-126
+    assert _bits_equal(numerics.fake_quantize(tiny, "fp8_e4m3"), ref_fp8_tensor(tiny)[2]).all()
     codes, s_t, deq = ref_fp8_tensor(x)
     q = numerics.quantize(x, "fp8_e4m3")
     np.testing.assert_array_equal(np.asarray(q.codes).view(np.uint8), codes.view(np.uint8))
