@@ -250,11 +250,22 @@ class CalibParams(NamedTuple):
     precision_logit: jax.Array
 
 
-def init_params(hardware) -> CalibParams:
-    """The datasheet roofline (`efficiency.datasheet_params`) with zero precision offsets."""
+def init_params(hardware, efficiency: float | None = None) -> CalibParams:
+    """`efficiency.datasheet_params(hardware)` with zero precision offsets.
+
+    Args:
+      hardware: the `HardwareSpec`.
+      efficiency: compute/memory/link efficiency (default: the datasheet roofline's 1 − 1e-4). A fit
+        starts from 0.5: at 1 − 1e-4 the sigmoid is saturated (gradient ∝ 1e-4), and a fit that
+        starts there can settle with a compute-bound class explained by a too-low memory efficiency.
+
+    Returns:
+      `CalibParams`.
+    """
     from .efficiency import OP_CLASSES, datasheet_params
 
-    return CalibParams(datasheet_params(hardware), jnp.zeros((len(OP_CLASSES), len(PRECISIONS), 2), jnp.float32))
+    base = datasheet_params(hardware) if efficiency is None else datasheet_params(hardware, efficiency=efficiency)
+    return CalibParams(base, jnp.zeros((len(OP_CLASSES), len(PRECISIONS), 2), jnp.float32))
 
 
 def efficiency_for(params: CalibParams, precision: str):
@@ -413,12 +424,18 @@ def error_report(rows: Sequence[Measurement], held: np.ndarray, predictions: Map
 # ----------------------------------------------------------------------------- fit
 
 
-def predict_rows(params, hardware, rows: Sequence[Measurement], predict: PredictFn) -> np.ndarray:
-    """Model times (s) for `rows`, in row order."""
+@functools.partial(jax.jit, static_argnames=("hardware", "predict"))
+def _predict_all(params, cols, *, hardware, predict):
+    return {op: predict(params, hardware, op, c) for op, c in cols.items()}
+
+
+def predict_rows(params, hardware, rows: Sequence[Measurement], predict: PredictFn = None) -> np.ndarray:
+    """Model times (s) for `rows`, in row order (one jitted evaluation of every op class)."""
     data, index = make_data(rows)
+    times = _predict_all(params, data.cols, hardware=hardware, predict=predict or cost_model_times)
     out = np.empty(len(rows))
-    for op, cols in data.cols.items():
-        out[index[op]] = np.asarray(predict(params, hardware, op, cols), np.float64)
+    for op, t in times.items():
+        out[index[op]] = np.asarray(t, np.float64)
     return out
 
 
@@ -445,7 +462,7 @@ def _train(params0, prior_params, data: Data, prior_weight, learning_rate, *, ha
     return params, values, obj(params)
 
 
-def fit(measurements: MeasurementSet | Sequence[Measurement], hardware, params0, *,
+def fit(measurements: MeasurementSet | Sequence[Measurement], hardware, params0=None, *,
         predict: PredictFn | None = None, prior_params=None, baseline_params=None,
         split: str = "random", holdout_fraction: float = 0.25, seed: int = 0,
         loss: str = "huber", loss_scale: float = 0.1, prior_weight: float = 1e-6,
@@ -461,9 +478,10 @@ def fit(measurements: MeasurementSet | Sequence[Measurement], hardware, params0,
     Args:
       measurements: measured rows (`MeasurementSet` or a sequence of `Measurement`).
       hardware: the `HardwareSpec` the model costs on (static).
-      params0: initial raw parameters (normally `datasheet_params(hardware)`).
+      params0: initial raw parameters; default `init_params(hardware, efficiency=0.5)` (see there).
       predict: predict(params, hardware, op, cols) → seconds [n]; default `cost_model_times`.
-      prior_params: θ⁰ of the prior; default params0.
+      prior_params: θ⁰ of the prior; default `init_params(hardware)` (the datasheet roofline) with
+        the default predict, else params0.
       baseline_params: the uncalibrated baseline; default prior_params.
       split, holdout_fraction, seed: see `split_mask`.
       loss, loss_scale, prior_weight: see `objective`.
@@ -492,8 +510,10 @@ def fit(measurements: MeasurementSet | Sequence[Measurement], hardware, params0,
     if not train:
         raise ValueError(f"no training rows ({len(rows)} rows, {int(held.sum())} held out)")
     to32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)  # noqa: E731
-    params0 = to32(params0)
-    prior_params = to32(prior_params) if prior_params is not None else params0
+    if prior_params is None:
+        prior_params = init_params(hardware) if predict is cost_model_times else params0
+    params0 = to32(init_params(hardware, efficiency=0.5) if params0 is None else params0)
+    prior_params = to32(prior_params)
     baseline_params = to32(baseline_params) if baseline_params is not None else prior_params
     data, _ = make_data(rows, statistic=statistic, train=~held)
     params, values, final = _train(params0, prior_params, data, jnp.float32(prior_weight),
@@ -780,11 +800,10 @@ def calibrate(mset: MeasurementSet, hardware, **fit_kwargs):
       (params, reports): params fitted on every row; reports {"random": FitReport,
       "extrapolation": FitReport, "all": FitReport (training errors of the final fit)}.
     """
-    params0 = init_params(hardware)
     reports = {}
     for split in SPLITS:
-        _, reports[split] = fit(mset, hardware, params0, split=split, **fit_kwargs)
-    params, reports["all"] = fit(mset, hardware, params0, holdout_fraction=0.0, **fit_kwargs)
+        _, reports[split] = fit(mset, hardware, split=split, **fit_kwargs)
+    params, reports["all"] = fit(mset, hardware, holdout_fraction=0.0, **fit_kwargs)
     return params, reports
 
 

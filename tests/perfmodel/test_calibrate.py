@@ -1,0 +1,278 @@
+"""Calibration: splits, losses, gradients, recovery of known parameters, report, profiles, CLI."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from perfmodel import calibrate, efficiency, measure, ops
+from perfmodel.calibrate import CalibParams
+from perfmodel.efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, Efficiency, constrain, unconstrain
+from perfmodel.measure import Measurement, MeasurementSet
+from perfmodel.presets import get_hardware
+
+H100 = get_hardware("h100-sxm")
+BF16, FP8 = calibrate.PRECISIONS.index("bf16"), calibrate.PRECISIONS.index("fp8")
+
+
+def _logit(p):
+    return float(np.log(p) - np.log1p(-p))
+
+
+def _truth() -> CalibParams:
+    """Known parameters away from the prior: what the synthetic fit must recover."""
+    e = constrain(efficiency.datasheet_params(H100))
+    phys = e._replace(
+        compute_eff=e.compute_eff.at[GEMM].set(0.7).at[DECODE_ATTENTION].set(0.5),
+        memory_eff=e.memory_eff.at[GEMM].set(0.8).at[DECODE_ATTENTION].set(0.75).at[ELEMENTWISE].set(0.85),
+        overhead_s=e.overhead_s.at[GEMM].set(6e-6).at[DECODE_ATTENTION].set(4e-6).at[ELEMENTWISE].set(3e-6),
+        link_alpha_s=e.link_alpha_s.at[1].set(3e-6), link_eff=e.link_eff.at[1].set(0.7),
+    )
+    offsets = jnp.zeros((5, len(calibrate.PRECISIONS), 2)).at[GEMM, FP8, 0].set(_logit(0.5) - _logit(0.7))
+    return CalibParams(unconstrain(phys), offsets)
+
+
+def _synthetic_rows(params, noise=0.03, seed=0):
+    rng = np.random.default_rng(seed)
+    grid = [1 << e for e in range(6, 15)]
+    rows = []
+    for dtype in ("bfloat16", "float8_e4m3fn"):
+        size = jnp.dtype(dtype).itemsize
+        for _ in range(50):
+            m, n, k = (int(v) for v in rng.choice(grid, 3))
+            rows.append(dict(op="gemm", kernel="matmul", dtype=dtype, m=m, n=n, k=k,
+                             bytes=(m * k + k * n + m * n) * size, flops=2 * m * n * k))
+    for _ in range(40):
+        b, s, h = int(rng.choice([1, 8, 64])), int(rng.choice([1 << e for e in range(9, 18)])), int(rng.choice([8, 32, 64]))
+        kvh, d = h // int(rng.choice([1, 8])), int(rng.choice([64, 128]))
+        rows.append(dict(op="decode_attention", kernel="gqa_decode", dtype="bfloat16", batch=b, seq=s, heads=h,
+                         kv_heads=kvh, head_dim=d, bytes=(2 * b * s * kvh * d + 2 * b * h * d) * 2, flops=4 * b * h * s * d))
+    for e in (1 << p for p in range(10, 29, 2)):
+        rows.append(dict(op="elementwise", kernel="multiply", dtype="float32", elements=e, bytes=12 * e, flops=e))
+        rows.append(dict(op="copy", kernel="copy", dtype="bfloat16", elements=e, bytes=4 * e, flops=0))
+    for op in ("all_reduce", "all_gather", "all_to_all"):
+        for nbytes in (1 << p for p in range(10, 31, 2)):
+            rows.append(dict(op=op, kernel=op, dtype="float32", n_devices=8, bytes=nbytes))
+    rows = [Measurement(**r, median_s=1.0, min_s=1.0) for r in rows]
+    t = calibrate.predict_rows(params, H100, rows, calibrate.cost_model_times)
+    t = t * np.exp(noise * rng.standard_normal(len(rows)))
+    return [dataclasses.replace(r, median_s=float(x), min_s=float(x)) for r, x in zip(rows, t)]
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    truth = _truth()
+    rows = _synthetic_rows(truth)
+    fitted, report = calibrate.fit(rows, H100, seed=0)
+    return truth, rows, fitted, report
+
+
+def test_fit_recovers_known_parameters_within_5_percent(synthetic):
+    truth, _, fitted, _ = synthetic
+    for precision, idx in (("bf16", (("compute_eff", GEMM), ("memory_eff", GEMM), ("overhead_s", GEMM),
+                                     ("memory_eff", DECODE_ATTENTION), ("overhead_s", DECODE_ATTENTION),
+                                     ("memory_eff", ELEMENTWISE), ("overhead_s", ELEMENTWISE),
+                                     ("link_alpha_s", 1), ("link_eff", 1))),
+                           ("fp8", (("compute_eff", GEMM),))):
+        want = constrain(calibrate.efficiency_for(truth, precision))
+        got = constrain(calibrate.efficiency_for(fitted, precision))
+        for field, i in idx:
+            w, g = float(getattr(want, field)[i]), float(getattr(got, field)[i])
+            assert g == pytest.approx(w, rel=0.05), f"{precision} {field}[{i}]: fitted {g:.4g}, true {w:.4g}"
+
+
+def test_fit_report_on_synthetic_data(synthetic):
+    _, rows, fitted, report = synthetic
+    # 3% log-normal noise: the held-out MAPE is the noise (~2.4%), the datasheet roofline is far off.
+    held = report.table("fitted", "heldout", "all")["all"]
+    base = report.table("datasheet", "heldout", "all")["all"]
+    assert held["n"] == report.counts["heldout"] > 0 and held["mape"] < 4.0
+    assert base["mape"] > 5 * held["mape"]
+    assert report.losses["final"] < report.losses["initial"]
+    # Unmeasured classes have no data gradient: the prior takes them from the start (efficiency 0.5)
+    # to the datasheet values.
+    prior, start = calibrate.init_params(H100), calibrate.init_params(H100, efficiency=0.5)
+    for field in ("compute_logit", "memory_logit", "overhead_log"):
+        for c in (efficiency.GROUPED_GEMM, efficiency.PREFILL_ATTENTION):
+            want = float(getattr(prior.efficiency, field)[c])
+            assert float(getattr(fitted.efficiency, field)[c]) == pytest.approx(want, abs=1e-3)
+    assert float(start.efficiency.compute_logit[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_check_grads_on_the_loss():
+    truth = _truth()
+    rows = [r for r in _synthetic_rows(truth, seed=1)][::6]
+    with jax.enable_x64(True):
+        data, _ = calibrate.make_data(rows, dtype=jnp.float64)
+        p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) + 0.1, truth)  # off the optimum
+        prior = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), calibrate.init_params(H100))
+        # One function weighing the three robust losses differently, so one compile checks them all.
+        fn = jax.jit(lambda p: sum((i + 1.0) * calibrate.objective(p, data, prior, H100, calibrate.cost_model_times,
+                                                                   loss=loss, prior_weight=1e-3)
+                                   for i, loss in enumerate(calibrate.ROBUST_LOSSES)))
+        check_grads(fn, (p64,), order=1, modes=("rev",), eps=1e-5, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,r,want", [
+    ("l2", 0.3, 0.045), ("huber", 0.05, 0.00125), ("huber", -0.5, 0.1 * (0.5 - 0.05)),
+    ("cauchy", 0.1, 0.5 * 0.01 * np.log(2.0)),
+])
+def test_robust_losses_closed_forms(kind, r, want):
+    assert float(calibrate.robust_loss(jnp.float32(r), kind, 0.1)) == pytest.approx(want, rel=1e-5)
+
+
+def test_robust_loss_rejects_bad_settings():
+    with pytest.raises(ValueError, match="kind='tukey' is not one of"):
+        calibrate.robust_loss(jnp.zeros(2), "tukey")
+    with pytest.raises(ValueError, match="scale=0 must be positive"):
+        calibrate.robust_loss(jnp.zeros(2), "huber", 0)
+
+
+def _rows_for_split():
+    rows = [Measurement(op="gemm", kernel="matmul", dtype="float32", m=s, n=s, k=s, flops=2 * s**3,
+                        bytes=12 * s * s, median_s=1e-3, min_s=1e-3) for s in range(8, 48)]
+    rows += [Measurement(op="copy", kernel="copy", dtype="float32", elements=e, bytes=8 * e, median_s=1e-4,
+                         min_s=1e-4) for e in range(100, 120)]
+    return rows
+
+
+def test_split_is_deterministic_stratified_and_order_free():
+    rows = _rows_for_split()
+    held = calibrate.split_mask(rows, "random", 0.25, seed=3)
+    ops_ = np.array([r.op for r in rows])
+    assert held[ops_ == "gemm"].sum() == 10 and held[ops_ == "copy"].sum() == 5
+    np.testing.assert_array_equal(held, calibrate.split_mask(rows, "random", 0.25, seed=3))
+    perm = np.random.default_rng(0).permutation(len(rows))
+    held_perm = calibrate.split_mask([rows[i] for i in perm], "random", 0.25, seed=3)
+    np.testing.assert_array_equal(held_perm, held[perm])  # a row's fate does not depend on file order
+    assert not np.array_equal(held, calibrate.split_mask(rows, "random", 0.25, seed=4))
+
+
+def test_extrapolation_split_holds_out_the_largest():
+    rows = _rows_for_split()
+    held = calibrate.split_mask(rows, "extrapolation", 0.25)
+    assert sorted(r.m for r, h in zip(rows, held) if h and r.op == "gemm") == list(range(38, 48))
+    assert sorted(r.elements for r, h in zip(rows, held) if h and r.op == "copy") == list(range(115, 120))
+    with pytest.raises(ValueError, match="split kind='k-fold'"):
+        calibrate.split_mask(rows, "k-fold")
+    with pytest.raises(ValueError, match="fraction=1.0 must be in"):
+        calibrate.split_mask(rows, "random", 1.0)
+
+
+def test_error_report_math_and_headline():
+    t = np.array([2e-3, 4e-3, 1e-4, 5e-3])
+    rows = [Measurement(op="copy", kernel="copy", dtype="float32", elements=i + 1, bytes=8, median_s=float(x),
+                        min_s=float(x)) for i, x in enumerate(t)]
+    held = np.array([True, True, True, False])
+    preds = {"fitted": t * np.array([1.1, 0.8, 3.0, 1.0]), "datasheet": t * np.array([0.5, 0.5, 0.5, 0.5])}
+    errors, headline = calibrate.error_report(rows, held, preds, threshold_s=1e-3)
+    pick = {(e["model"], e["subset"], e["op"], e["kernels"]): e for e in errors}
+    long_fit = pick[("fitted", "heldout", "all", ">1ms")]
+    assert long_fit["n"] == 2 and long_fit["mape"] == pytest.approx(15.0) and long_fit["median_ape"] == pytest.approx(15.0)
+    all_fit = pick[("fitted", "heldout", "copy", "all")]
+    assert all_fit["n"] == 3 and all_fit["mape"] == pytest.approx((10 + 20 + 200) / 3)
+    assert all_fit["p90_ape"] == pytest.approx(np.percentile([10, 20, 200], 90))
+    assert headline == dict(n=2, threshold_s=1e-3, fitted_mape=pytest.approx(15.0), datasheet_mape=pytest.approx(50.0),
+                            ratio=pytest.approx(50 / 15))
+
+
+def test_cost_model_adapter_matches_measure_bytes_and_flops():
+    # measure.py and ops.py count bytes and FLOPs independently; they must agree row by row.
+    gemm = [p.fields for p in measure.gemm_points([(64, 128, 256), (3, 5, 7)], ["float32", "bfloat16"])]
+    for f in gemm:
+        flops, nbytes = ops.gemm_cost(f["m"], f["n"], f["k"], jnp.dtype(f["dtype"]).itemsize)
+        assert (flops, nbytes) == (f["flops"], f["bytes"])
+    att = [p.fields for p in measure.decode_attention_points([(2, 512, 16, 4, 64), (1, 100, 8, 8, 128)], ["bfloat16"])]
+    for f in att:
+        flops, nbytes = ops.decode_attention_cost(f["batch"], f["seq"], f["heads"], f["kv_heads"], f["head_dim"],
+                                                  f["head_dim"], 2)
+        assert (flops, nbytes) == (f["flops"], f["bytes"])
+
+
+def test_per_precision_offsets_reach_the_cost_model():
+    truth = _truth()
+    rows = [Measurement(op="gemm", kernel="matmul", dtype=d, m=4096, n=4096, k=4096, flops=2 * 4096**3,
+                        bytes=3 * 4096**2 * jnp.dtype(d).itemsize, median_s=1.0, min_s=1.0)
+            for d in ("bfloat16", "float8_e4m3fn")]
+    got = calibrate.predict_rows(truth, H100, rows, calibrate.cost_model_times)
+    want = [ops.gemm_time(calibrate.efficiency_for(truth, p), H100, 4096, 4096, 4096, b)
+            for p, b in (("bf16", 2), ("fp8", 1))]
+    np.testing.assert_allclose(got, np.asarray(want, np.float64), rtol=1e-6)
+    with pytest.raises(ValueError, match="precision='fp16' is not one of"):
+        calibrate.efficiency_for(truth, "fp16")
+
+
+def test_cpu_local_spec_from_declared_isa():
+    hw = calibrate.cpu_local_spec(40e9, n_devices=8, cores=2, clock_hz=2.7e9, flags={"avx512f", "amx_bf16"},
+                                  memory_bytes=16e9)
+    assert hw.flops_fp32 == 2 * 2.7e9 * 64 and hw.flops_bf16 == 2 * 2.7e9 * 1024
+    assert hw.hbm_bandwidth_bytes_per_s == 40e9 and hw.scale_up.size == 8
+    avx2 = calibrate.cpu_local_spec(40e9, cores=4, clock_hz=3e9, flags={"avx2"}, memory_bytes=16e9)
+    assert avx2.flops_fp32 == avx2.flops_bf16 == 4 * 3e9 * 32
+    with pytest.raises(ValueError, match="cannot derive a CPU peak"):
+        calibrate.cpu_local_spec(40e9, cores=2, clock_hz=2e9, flags={"neon"}, memory_bytes=1e9)
+    copies = [Measurement(op="copy", kernel="copy", dtype="float32", elements=e, bytes=8 * e, median_s=t, min_s=t)
+              for e, t in ((1000, 1e-6), (10**6, 1e-3))]
+    assert calibrate.stream_copy_bandwidth(copies) == pytest.approx(8e9)
+    with pytest.raises(ValueError, match="no copy rows"):
+        calibrate.stream_copy_bandwidth(copies[:0])
+
+
+def test_profile_round_trip_and_strict_load(tmp_path, synthetic):
+    _, _, fitted, report = synthetic
+    path = calibrate.save_profile(tmp_path / "p.json", H100, fitted, {"random": report}, {"backend": "gpu"})
+    hw, params = calibrate.load_profile(path)
+    assert hw == H100
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fitted)):
+        np.testing.assert_array_equal(a, b)
+    doc = json.loads(path.read_text())
+    assert doc["report"]["random"]["headline"] == report.headline and doc["env"] == {"backend": "gpu"}
+
+    def broken(edit, match):
+        d = json.loads(path.read_text())
+        edit(d)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(d))
+        with pytest.raises(ValueError, match=match):
+            calibrate.load_profile(bad)
+
+    broken(lambda d: d.update(format="other"), "format is not 'paretolab-profile'")
+    broken(lambda d: d.update(version=2), "version=2; this reader knows 1")
+    broken(lambda d: d.update(extra=1), r"unknown top-level keys \['extra'\]")
+    broken(lambda d: d["hardware"].update(flops_fp64=1.0), r"hardware has unknown fields \['flops_fp64'\]")
+    broken(lambda d: d["hardware"]["links"][1].pop("latency_s"), r"hardware.links\[1\] has .*missing \['latency_s'\]")
+    broken(lambda d: d["hardware"].update(hbm_bandwidth_bytes_per_s=-1.0), "hbm_bandwidth_bytes_per_s=-1.0")
+    key = ".efficiency.overhead_log"
+    broken(lambda d: d["params"][key].update(value=[1.0, 2.0]), rf"params\['{key}'\] shape \[2\]")
+    broken(lambda d: d["params"][key]["value"].__setitem__(0, float("nan")), rf"params\['{key}'\] has non-finite")
+    broken(lambda d: d["params"].pop(key), rf"missing \['{key}'\]")
+    (tmp_path / "notjson.json").write_text("{")
+    with pytest.raises(ValueError, match="not JSON"):
+        calibrate.load_profile(tmp_path / "notjson.json")
+
+
+def test_profile_with_a_generic_pytree(tmp_path):
+    params = {"a": jnp.arange(3.0), "b": (jnp.float32(2.5),)}
+    path = calibrate.save_profile(tmp_path / "g.json", H100, params)
+    _, back = calibrate.load_profile(path, template=params)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    np.testing.assert_array_equal(back["a"], params["a"])
+
+
+def test_cli_fits_a_measurement_file(tmp_path, synthetic, capsys):
+    _, rows, _, _ = synthetic
+    csv = measure.write_csv(tmp_path / "m.csv", MeasurementSet(tuple(rows), {"backend": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}))
+    summary = calibrate.main(["--measurements", str(csv), "--out", str(tmp_path / "out")])
+    assert summary["hardware"] == "h100-sxm" and summary["rows"] == len(rows)
+    assert summary["heldout_mape_gt1ms_random"]["n"] > 0
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
+    hw, params = calibrate.load_profile(tmp_path / "out" / "profile.json")
+    assert hw == H100 and isinstance(params, CalibParams)
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# calibration of h100-sxm")
+    with pytest.raises(ValueError, match="no hardware preset for device_kind='Gaudi3'"):
+        calibrate.hardware_for(MeasurementSet((), {"backend": "gpu", "device_kind": "Gaudi3"}))
