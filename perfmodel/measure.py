@@ -188,8 +188,8 @@ class TimingConfig:
       seed: seeds the shuffles and the input data.
     """
 
-    rounds: int = 7
-    min_round_s: float = 0.02
+    rounds: int = 9
+    min_round_s: float = 0.05
     warmup_calls: int = 2
     noisy_threshold: float = 0.1
     memory_budget_bytes: int = 1 << 30
@@ -583,10 +583,10 @@ def plan(quick: bool = True, families: Sequence[str] = FAMILIES, seed: int = 0) 
     dtypes = ("float32", "bfloat16")
     points, skipped = [], {}
     if "gemm" in families:
-        grid = log2_grid(64, 2048) if quick else log2_grid(16, 4096)
-        points += gemm_points(_gemm_shapes(rng, grid, 14 if quick else 40), dtypes)
+        grid = log2_grid(128, 2048) if quick else log2_grid(16, 4096)
+        points += gemm_points(_gemm_shapes(rng, grid, 20 if quick else 60), dtypes)
     if "decode_attention" in families:
-        configs = _attention_configs(rng, 10 if quick else 40, (128 if quick else 512) << 20)
+        configs = _attention_configs(rng, 12 if quick else 40, (128 if quick else 512) << 20)
         points += decode_attention_points(configs, dtypes)
     if "elementwise" in families:
         # Quick mode stays at ≤ 16 MiB operands: XLA:CPU output buffers above glibc's 32 MiB mmap
@@ -602,7 +602,7 @@ def plan(quick: bool = True, families: Sequence[str] = FAMILIES, seed: int = 0) 
         except (ImportError, AttributeError) as err:
             skipped["fake_quantize"] = f"numerics has no fake_quantize/FORMAT_NAMES yet: {err}"
         else:
-            sizes = [1 << 16, 1 << 20] if quick else [1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22]
+            sizes = [1 << 18, 1 << 20, 1 << 22] if quick else [1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22]
             points += fake_quantize_points(sizes, formats)
     if "collectives" in families:
         n = jax.device_count()
@@ -642,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--cpu-devices", type=int, default=8,
                         help="emulated CPU devices for collectives when the backend is CPU (default 8)")
-    parser.add_argument("--rounds", type=int, help="rounds per point (default 7)")
+    parser.add_argument("--rounds", type=int, help="rounds per point (default 7 quick, 9 full)")
     parser.add_argument("--min-round-s", type=float, help="minimum duration of a round (s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
