@@ -106,9 +106,11 @@ def _exchange_quantized(out, lse, axes, comm_format):
 
     fmt = get_format(comm_format)
     bits = fmt.element.bits
-    chunks = jnp.swapaxes(out, 0, 1)  # [KVP, B, Qn, Dv]: one self-contained message per destination
-    q = jax.vmap(lambda c: quantize(c, fmt, axis=-1))(chunks)
-    kvp = chunks.shape[0]
+    kvp = out.shape[1]
+    # One self-contained message per destination. A Python loop, not vmap: numerics' tensor scales
+    # (NVFP4, fp8_e4m3) differ by an ulp under vmap, and each chunk must equal its own quantize().
+    per_dest = [quantize(out[:, c], fmt, axis=-1) for c in range(kvp)]
+    q = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_dest)  # [KVP, B, Qn, ·] leaves
     parts = [("codes", q.codes, _pack(q.codes, bits)),
              ("lse", None, _bitcast_bytes(jnp.swapaxes(lse, 0, 1)[..., None]))]
     if q.scales is not None:
@@ -132,7 +134,7 @@ def _exchange_quantized(out, lse, axes, comm_format):
             fields[name] = _from_bytes(data, like.dtype)[:, 0]
     received = QuantizedArray(fields["codes"], fields.get("scales"), fields.get("tensor_scale"),
                               q.format, q.axis, q.shape)
-    outs = jax.vmap(dequantize)(received)  # [KVP, B, Qn, Dv]
+    outs = jnp.stack([dequantize(jax.tree.map(lambda a, i=i: a[i], received)) for i in range(kvp)])
     return jnp.swapaxes(outs, 0, 1), jnp.swapaxes(fields["lse"], 0, 1)
 
 
