@@ -554,11 +554,11 @@ def _gemm_shapes(rng: np.random.Generator, grid: list[int], n_random: int) -> li
     return shapes
 
 
-def _attention_configs(rng: np.random.Generator, count: int, max_kv_bytes: int):
+def _attention_configs(rng: np.random.Generator, count: int, max_kv_bytes: int, max_seq: int):
     configs = []
     while len(configs) < count:
-        b = int(rng.choice([1, 2, 4, 8, 16]))
-        s = int(rng.choice(log2_grid(256, 16384)))
+        b = int(rng.choice([1, 2, 4, 8, 16, 32]))
+        s = int(rng.choice(log2_grid(256, max_seq)))
         h = int(rng.choice([8, 16, 32]))
         kvh = h // int(rng.choice([1, 4, 8]))
         d = int(rng.choice([64, 128]))
@@ -567,32 +567,57 @@ def _attention_configs(rng: np.random.Generator, count: int, max_kv_bytes: int):
     return configs
 
 
+@dataclasses.dataclass(frozen=True)
+class _Sizes:
+    gemm: tuple[int, int]  # log-spaced M, N, K from .. to
+    gemm_random: int  # random (M, N, K) per dtype, besides the cubes
+    attention: int  # configs per dtype
+    kv_bytes: int  # largest K + V cache (float32)
+    max_seq: int
+    elementwise: tuple[int, int, int]  # elements from, to, every n-th power of two
+    fake_quantize: tuple[int, ...]
+    collective: tuple[int, ...]  # bytes per rank
+
+
+# Quick mode on a CPU keeps elementwise operands at ≤ 16 MiB: XLA:CPU output buffers above glibc's
+# 32 MiB mmap threshold are fresh pages every call, and their page faults (≈ 25 ms for 64 MiB) are
+# not a bandwidth a roofline has. The full mode measures them (and the report shows the miss).
+# Accelerators get sizes ~1000× larger so that their kernels too run longer than 1 ms.
+_PLANS = {
+    ("cpu", True): _Sizes((128, 2048), 20, 12, 128 << 20, 16384, (1 << 12, 1 << 22, 2),
+                          (1 << 18, 1 << 20, 1 << 22), (1 << 12, 1 << 16, 1 << 20, 1 << 22)),
+    ("cpu", False): _Sizes((16, 4096), 60, 40, 512 << 20, 65536, (1 << 12, 1 << 24, 1),
+                           (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), tuple(log2_grid(1 << 10, 1 << 26))),
+    ("accelerator", True): _Sizes((512, 16384), 20, 12, 8 << 30, 131072, (1 << 16, 1 << 28, 2),
+                                  (1 << 22, 1 << 24, 1 << 26), tuple(log2_grid(1 << 12, 1 << 30, 2))),
+    ("accelerator", False): _Sizes((64, 32768), 60, 40, 32 << 30, 524288, (1 << 12, 1 << 30, 1),
+                                   (1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26), tuple(log2_grid(1 << 10, 1 << 32))),
+}
+
+
 def plan(quick: bool = True, families: Sequence[str] = FAMILIES, seed: int = 0) -> tuple[list[Point], dict]:
-    """The points of a run: log-spaced sizes per family (fewer and smaller in quick mode).
+    """The points of a run: log-spaced sizes per family, fewer in quick mode, larger on accelerators.
 
     Returns:
       (points, skipped): `skipped` maps a family that cannot run here to the reason (e.g.
-      collectives on one device, or numerics without `fake_quantize` yet).
+      collectives on one device, or numerics without `fake_quantize`).
     """
     import jax
 
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown families {sorted(unknown)}; expected a subset of {FAMILIES}")
+    sizes = _PLANS[("cpu" if jax.default_backend() == "cpu" else "accelerator", bool(quick))]
     rng = np.random.default_rng(seed)
     dtypes = ("float32", "bfloat16")
     points, skipped = [], {}
     if "gemm" in families:
-        grid = log2_grid(128, 2048) if quick else log2_grid(16, 4096)
-        points += gemm_points(_gemm_shapes(rng, grid, 20 if quick else 60), dtypes)
+        points += gemm_points(_gemm_shapes(rng, log2_grid(*sizes.gemm), sizes.gemm_random), dtypes)
     if "decode_attention" in families:
-        configs = _attention_configs(rng, 12 if quick else 40, (128 if quick else 512) << 20)
+        configs = _attention_configs(rng, sizes.attention, sizes.kv_bytes, sizes.max_seq)
         points += decode_attention_points(configs, dtypes)
     if "elementwise" in families:
-        # Quick mode stays at ≤ 16 MiB operands: XLA:CPU output buffers above glibc's 32 MiB mmap
-        # threshold are fresh pages every call, and their page faults (≈ 25 ms for 64 MiB) are not
-        # a bandwidth a roofline has. The full mode measures them (and the report shows the miss).
-        points += elementwise_points(log2_grid(1 << 12, 1 << 22 if quick else 1 << 24, 2 if quick else 1), dtypes)
+        points += elementwise_points(log2_grid(*sizes.elementwise), dtypes)
     if "fake_quantize" in families:
         try:
             import numerics
@@ -600,17 +625,15 @@ def plan(quick: bool = True, families: Sequence[str] = FAMILIES, seed: int = 0) 
             formats = tuple(numerics.FORMAT_NAMES)
             numerics.fake_quantize  # noqa: B018 -- the API this family times
         except (ImportError, AttributeError) as err:
-            skipped["fake_quantize"] = f"numerics has no fake_quantize/FORMAT_NAMES yet: {err}"
+            skipped["fake_quantize"] = f"numerics has no fake_quantize/FORMAT_NAMES: {err}"
         else:
-            sizes = [1 << 18, 1 << 20, 1 << 22] if quick else [1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22]
-            points += fake_quantize_points(sizes, formats)
+            points += fake_quantize_points(sizes.fake_quantize, formats)
     if "collectives" in families:
         n = jax.device_count()
         if n < 2:
             skipped["collectives"] = f"one local device ({jax.devices()[0].device_kind}); nothing to communicate"
         else:
-            sizes = [1 << 12, 1 << 16, 1 << 20, 1 << 22] if quick else log2_grid(1 << 10, 1 << 26)
-            points += collective_points([s for s in sizes if s % (4 * n) == 0])
+            points += collective_points([b for b in sizes.collective if b % (4 * n) == 0])
     return points, skipped
 
 
@@ -618,11 +641,18 @@ def run(quick: bool = True, families: Sequence[str] = FAMILIES, timing: TimingCo
         progress: bool = True) -> MeasurementSet:
     """Measure this machine: `plan` the points, `time_points` them, record the environment.
 
+    On an accelerator the default memory budget is 16 GiB (its kernels are ~1000× larger).
+
     Returns:
       A `MeasurementSet` whose env holds versions, devices, CPU, git SHA, time, load average at
       start and end, the timing config and the skipped families.
     """
-    timing = timing or (QUICK_TIMING if quick else TimingConfig())
+    import jax
+
+    if timing is None:
+        timing = QUICK_TIMING if quick else TimingConfig()
+        if jax.default_backend() != "cpu":
+            timing = dataclasses.replace(timing, memory_budget_bytes=16 << 30)
     env = environment()
     points, skipped = plan(quick, families, timing.seed)
     start = time.perf_counter()
@@ -651,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
 
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     timing = QUICK_TIMING if args.quick else TimingConfig()
+    if jax.default_backend() != "cpu":
+        timing = dataclasses.replace(timing, memory_budget_bytes=16 << 30)
     timing = dataclasses.replace(
         timing, seed=args.seed, **{k: v for k, v in (("rounds", args.rounds), ("min_round_s", args.min_round_s))
                                    if v is not None})

@@ -11,7 +11,7 @@ from jax.test_util import check_grads
 
 from perfmodel import calibrate, efficiency, measure, ops
 from perfmodel.calibrate import CalibParams
-from perfmodel.efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, Efficiency, constrain, unconstrain
+from perfmodel.efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, constrain, unconstrain
 from perfmodel.measure import Measurement, MeasurementSet
 from perfmodel.presets import get_hardware
 

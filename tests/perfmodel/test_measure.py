@@ -1,7 +1,6 @@
 """Timing harness: statistics, interleaving, kernels against numpy references, file round trip."""
 
 import dataclasses
-import itertools
 import json
 import math
 
