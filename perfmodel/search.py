@@ -1,0 +1,1074 @@
+"""Search the layout space: exhaustive enumeration, and gradient descent over a continuous relaxation.
+
+    Case(model, hw, workload, space=SearchSpace(...), params=None)
+    exhaustive_search(case, *, progress=False) -> SearchResult       exact optimum + Pareto frontier
+    gradient_search(case, *, starts=24, steps=100, seed=0) -> SearchResult
+    sla_sweep(case, ttl_limits_s, **kw) -> list[SearchResult]       the frontier from warm starts
+    phase_metrics(model, hw, params, phase, lay, isl, osl) -> PhaseMetrics
+    solve_pools(r_p, g_p, r_d, g_d, osl, max_total_gpus) -> (tokens/s/GPU, n_p, n_d)
+
+Designs. A design is co-located (one layout L, chunked prefill piggybacked on decode), or
+disaggregated: a prefill layout L_p, a decode layout L_d and integer replica counts n_p, n_d. A
+replica of L has g = N·pp GPUs (N = dp_attn·kvp·tpa = tpf·ep, `sweep.enumerate_layouts` lists the
+valid ones: powers of two dividing heads, experts and FFN widths, KV duplication only under plain
+TP). Per replica, requests/s are r_p = B_p / period_p (prefill) and r_d = B_d / (TTL·OSL) (decode).
+
+    tokens/s/GPU = OSL · min(n_p·r_p, n_d·r_d) / (n_p·g_p + n_d·g_d),   n_p·g_p + n_d·g_d ≤ G
+    co-located:    tokens/s/GPU = B / (TTL · g)
+
+subject to TTFT ≤ T_ft (prefill pool: max(t_prefill, t_kv) + t_kv/L as in `serving.disaggregated`),
+TTL ≤ T_l, and each pool's HBM footprint ≤ capacity. `solve_pools` finds the best integers exactly:
+for fixed n_p the value rises in n_d up to n_p·r_p/r_d and falls after, so n_d is its floor or ceil.
+
+Exhaustive search. Every valid discrete design is costed: prefill layouts × batches × chunk sizes
+(|P|), decode layouts × batches × HOP-B micro-batching (|D|) and the same layouts co-located (|C|),
+vectorized in chunks (`sweep.evaluate`). Given replica sizes the system value rises with r_p and
+r_d, so only the best feasible prefill and decode replica of each size can be optimal: the
+optimum is exact over every (L_p, L_d, n_p, n_d) after |P| + |D| + |C| model evaluations. The
+frontier of tokens/s/GPU against tokens/s/user (= 1/TTL) takes, for every decode layout on the
+frontier of its replica size, the best system built around it.
+
+Relaxation (gradient search). Each pool's layout is a vector θ of reals mapped onto log2 degrees:
+
+    u_N = ν·σ(θ0)                              ν = log2(max GPUs per replica)
+    (u_tpa, u_kvp, u_dp) = u_N · softmax(θ1, θ2, θ3)          (prefill: u_kvp = 0)
+    MoE:   u_ep = u_N·σ(θ4), u_tpf = u_N − u_ep
+    dense: u_ep = 0, u_tpf = u_tpa + (u_N − u_tpa)·σ(θ4)     (σ = 0: Medha-style FFN on TPA GPUs)
+    u_pp = log2(pp_max)·σ(θ5),   log2 B = b_0 + (b_1 − b_0)·σ(θ6)
+    decode: microbatches = max1(B / (min(pp, B)·dp_attn))^σ(θ7)   (1, or one request each: HOP-B)
+    prefill: chunk = ISL·(c_min/ISL)^σ(θ7)
+
+so dp_attn·kvp·tpa = tpf·ep holds exactly. The cost model runs with `relaxed=True` (uneven-split
+roundings dropped, `step.decode_step`). Each start minimizes
+
+    ℓ(θ) = −log2 tokens/s/GPU(θ) + w_t·Σ_j h_β(c_j(θ))² + λ_t·Σ_i sin²(π·u_i)/π²,
+    h_β(x) = softplus(β·x)/β   (a smooth hinge → max(0, x) as β → ∞)
+
+with constraints c_j ≤ 0 in log2 units: memory log2(bytes/HBM) per pool; SLAs log2(TTFT/T_ft),
+log2(TTL/T_l); divisibility, which for powers of two dividing n reads u ≤ v2(n) (v2: the exponent
+of 2 in n) — u_tpa ≤ v2(Q), u_tpa ≤ v2(K) unless plain TP (that term is weighted by
+tanh(2·(u_kvp + u_dp))), u_ep ≤ v2(E), u_tpf ≤ v2(F) — together with the integrality term over
+u_i ∈ {u_tpa, u_kvp, u_dp, u_tpf, u_ep, u_pp}; GPUs per replica u_N + u_pp ≤ ν; B ≥ dp_attn; and
+the total GPUs of the smallest balanced system, log2(G_min/G) with k = r_d/r_p and
+G_min = smax(k, 1)·g_p + smax(1/k, 1)·g_d (co-located: log2(g/G)). The disaggregated objective
+is the rate-matched −log2 OSL/(g_p/r_p + g_d/r_d). Penalty weight w_t and sharpness β_t grow
+geometrically, λ_t linearly from 0 after the first third of the steps. optax Adam runs all starts
+at once (`vmap`) inside one `lax.scan`, compiled once per (model, hardware, space).
+
+Rounding and polish. Each start's u is snapped to the nearest valid layout structure (Euclidean
+in u; the list of structures comes from `enumerate_layouts` and costs no model evaluation), its
+batch to the nearest grid value. Per structure the largest feasible batch is found by galloping
+and bisection on the batch grid (TTL, TTFT and memory rise with B), then the last few grid
+batches below it and the largest one divisible by min(pp, B)·dp_attn are compared (uneven
+splits make tokens/s/GPU non-monotone in B). A hill climb then visits the structures within L1
+distance 2 in (log2 degrees, pp index, micro-batch / chunk index) of the incumbent, pool by pool,
+until no neighbour improves; `solve_pools` sizes the pools.
+
+Evaluations (the headline cost): the exhaustive search's |P| + |D| + |C|; for the gradient
+search starts × steps per pool (one value-and-gradient evaluation of one design point counts as
+one evaluation) plus every distinct discrete point evaluated while rounding and polishing.
+
+References:
+  Beyond the Buzz, arXiv 2506.05508 §3 (rate matching, integer pool sizes, Pareto under TTFT/TTL).
+  Helix, arXiv 2507.07120 §4 (the decode layout space: TP, KVP × TPA, TPF × EP, PP, HOP-B).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import ops
+from .efficiency import EfficiencyParams, datasheet_params
+from .serving import colocated, kv_cache_bytes, pareto_front, pareto_mask, replica_gpus
+from .specs import HardwareSpec, ModelSpec, Workload, format_bits
+from .step import LayoutArrays, decode_step, fits, max1_relaxed, pipeline_microbatches, prefill_step, round_up
+from .sweep import enumerate_layouts, evaluate
+
+MODES = ("disaggregated", "colocated")
+PHASES = ("prefill", "decode", "colocated")
+_STRUCT = ("tpa", "kvp", "dp_attn", "tpf", "ep", "pp")
+
+
+def batch_grid(max_batch: int, rel_step: float = 0.01) -> tuple[int, ...]:
+    """Batches 1..max_batch: every integer while integers are ≥ rel_step apart, then a geometric
+    grid of ratio 1 + rel_step (rounded). A 1% grid up to 4096 has 471 values."""
+    if max_batch < 1 or not 0 < rel_step < 1:
+        raise ValueError(f"batch_grid: max_batch={max_batch} must be ≥ 1 and rel_step={rel_step} in (0, 1)")
+    n = int(math.ceil(math.log(max_batch) / math.log1p(rel_step))) + 1
+    return tuple(sorted({int(round(b)) for b in np.geomspace(1, max_batch, max(n, 1))}))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The discrete design space searched (both searches use exactly this set).
+
+    Attributes:
+      max_gpus: GPUs per replica, N·pp (a power of two).
+      max_total_gpus: GPUs of the whole system (both pools), G.
+      decode_batches, prefill_batches: batch grids (strictly increasing positive integers).
+      pp_options: pipeline depths (uneven stages allowed).
+      chunks: prefill chunk sizes (0: the whole prompt; sizes ≥ ISL are the same as 0).
+      modes: "disaggregated" and/or "colocated".
+      weight_format, kv_format, act_format, comm_format: numerics format names.
+
+    Raises:
+      ValueError: a bad size, grid, mode or format, naming it.
+    """
+
+    max_gpus: int = 64
+    max_total_gpus: int = 144
+    decode_batches: tuple[int, ...] = batch_grid(4096)
+    prefill_batches: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    pp_options: tuple[int, ...] = (1, 2, 4, 8)
+    chunks: tuple[int, ...] = (0, 2048, 8192)
+    modes: tuple[str, ...] = MODES
+    weight_format: str = "mxfp4_e2m1"
+    kv_format: str = "mxfp8_e4m3"
+    act_format: str = "mxfp8_e4m3"
+    comm_format: str = "mxfp8_e4m3"
+
+    def __post_init__(self):
+        if self.max_gpus < 1 or self.max_gpus & (self.max_gpus - 1):
+            raise ValueError(f"SearchSpace.max_gpus={self.max_gpus} must be a power of two")
+        if self.max_total_gpus < 2:
+            raise ValueError(f"SearchSpace.max_total_gpus={self.max_total_gpus} must be ≥ 2")
+        for name in ("decode_batches", "prefill_batches", "pp_options"):
+            v = tuple(getattr(self, name))
+            if not v or any(not isinstance(b, int) or b < 1 for b in v) or list(v) != sorted(set(v)):
+                raise ValueError(f"SearchSpace.{name}={v} must be strictly increasing positive integers")
+        if not self.chunks or any(not isinstance(c, int) or c < 0 for c in self.chunks):
+            raise ValueError(f"SearchSpace.chunks={self.chunks} must be non-negative integers")
+        if not self.modes or set(self.modes) - set(MODES):
+            raise ValueError(f"SearchSpace.modes={self.modes} must be a non-empty subset of {MODES}")
+        for role in ("weight_format", "kv_format", "act_format", "comm_format"):
+            format_bits(getattr(self, role), role=f"SearchSpace.{role}")
+
+    @property
+    def bits(self) -> tuple[float, float, float, float]:
+        return tuple(format_bits(getattr(self, r)) for r in ("weight_format", "kv_format", "act_format",
+                                                               "comm_format"))
+
+    def batches(self, phase: str) -> tuple[int, ...]:
+        return self.prefill_batches if phase == "prefill" else self.decode_batches
+
+    def chunk_options(self, isl: int) -> tuple[int, ...]:
+        """Distinct chunk sizes at this ISL: 0 (whole prompt) first, then descending."""
+        return (0,) + tuple(sorted({c for c in self.chunks if 0 < c < isl}, reverse=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One search problem: model, hardware, workload (ISL, OSL, TTFT and TTL limits), space.
+
+    `params` are the cost model's efficiencies (default: the datasheet roofline of `hw`).
+    """
+
+    model: ModelSpec
+    hw: HardwareSpec
+    workload: Workload
+    space: SearchSpace = SearchSpace()
+    params: EfficiencyParams | None = dataclasses.field(default=None, compare=False, hash=False)
+    name: str = ""
+
+    @property
+    def efficiency(self) -> EfficiencyParams:
+        return datasheet_params(self.hw) if self.params is None else self.params
+
+    def with_ttl(self, ttl_limit_s: float) -> "Case":
+        return dataclasses.replace(self, workload=dataclasses.replace(self.workload, ttl_limit_s=ttl_limit_s))
+
+
+# ------------------------------------------------------------------------------------ pool metrics
+
+class PhaseMetrics(NamedTuple):
+    """One pool's metrics per design point. ttft_s is 0 for a decode pool (the prefill pool sets
+    it) and ttl_s 0 for a prefill pool; rate_per_gpu in requests/s/GPU; mem_ratio = bytes/HBM."""
+
+    ttft_s: jax.Array
+    ttl_s: jax.Array
+    rate_per_gpu: jax.Array
+    gpus: jax.Array
+    mem_ratio: jax.Array
+
+
+def phase_metrics(model: ModelSpec, hw: HardwareSpec, params, phase: str, lay: LayoutArrays, isl, osl, *,
+                  relaxed: bool = False) -> PhaseMetrics:
+    """Per-pool metrics: the two halves of `serving.disaggregated`, or `serving.colocated`.
+
+    Args:
+      phase: "prefill", "decode" or "colocated".
+      lay: design points. isl, osl: request lengths. relaxed: smooth roundings (`step`).
+
+    Returns:
+      `PhaseMetrics`.
+
+    Raises:
+      ValueError: an unknown phase.
+    """
+    isl, osl = jnp.asarray(isl, jnp.float32), jnp.asarray(osl, jnp.float32)
+    ctx = isl + 0.5 * osl
+    g = replica_gpus(lay)
+    zero = jnp.zeros_like(lay.batch)
+    if phase == "prefill":
+        st = prefill_step(model, hw, params, lay, isl, relaxed=relaxed)
+        kv_per_gpu = lay.batch * kv_cache_bytes(model, isl, lay.kv_bits) / g
+        t_kv = ops.collective_time(params, hw, "send_recv", kv_per_gpu, 2.0, level=2)
+        ttft = jnp.maximum(st.time_s, t_kv) + t_kv / float(model.n_layers)
+        c = jnp.where(lay.chunk > 0, jnp.minimum(lay.chunk, isl), isl)
+        _, ratio = fits(model, hw, lay, isl, tokens=lay.batch * c, relaxed=relaxed)
+        return PhaseMetrics(ttft, zero, lay.batch / (st.period_s * g), g, ratio)
+    if phase == "decode":
+        st = decode_step(model, hw, params, lay, ctx, relaxed=relaxed)
+        _, ratio = fits(model, hw, lay, ctx, relaxed=relaxed)
+        return PhaseMetrics(zero, st.time_s, lay.batch / (st.time_s * osl * g), g, ratio)
+    if phase == "colocated":
+        s = colocated(model, hw, params, lay, isl, osl, relaxed=relaxed)
+        b = round_up(lay.batch / pipeline_microbatches(lay), relaxed)
+        _, ratio = fits(model, hw, lay, ctx, tokens=b + jnp.minimum(b * isl / osl, isl), relaxed=relaxed)
+        return PhaseMetrics(s.ttft_s, s.ttl_s, s.tokens_per_s_per_gpu / osl, g, ratio)
+    raise ValueError(f"phase={phase!r} must be one of {PHASES}")
+
+
+def _feasible(m, workload: Workload):
+    return (m.mem_ratio <= 1.0) & (m.ttft_s <= workload.ttft_limit_s) & (m.ttl_s <= workload.ttl_limit_s)
+
+
+def solve_pools(r_p, g_p, r_d, g_d, osl, max_total_gpus: int):
+    """Integer replica counts of a disaggregated system maximizing tokens/s/GPU.
+
+        max over n_p, n_d ≥ 1 with n_p·g_p + n_d·g_d ≤ G of OSL·min(n_p·r_p, n_d·r_d)/(n_p·g_p + n_d·g_d)
+
+    For fixed n_p the value rises in n_d up to n_p·r_p/r_d and falls after: n_d is its floor or
+    ceil (clipped to the budget).
+
+    Args:
+      r_p, r_d: requests/s of one prefill / decode replica (numpy, broadcast together).
+      g_p, g_d: GPUs of one replica. osl: output tokens per request.
+      max_total_gpus: G.
+
+    Returns:
+      (tokens/s/GPU, n_p, n_d) arrays; tokens/s/GPU is 0 where no system fits in G.
+
+    References:
+      Beyond the Buzz, arXiv 2506.05508 §3 (integer solve of prefill and decode GPU counts).
+    """
+    r_p, g_p, r_d, g_d = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (r_p, g_p, r_d, g_d)))
+    n_p = np.arange(1, max_total_gpus + 1, dtype=np.float64).reshape((-1,) + (1,) * r_p.ndim)
+    cap = np.floor((max_total_gpus - n_p * g_p) / g_d)
+    ideal = n_p * r_p / np.maximum(r_d, 1e-300)
+    best = np.zeros(r_p.shape)
+    best_np, best_nd = np.zeros(r_p.shape, np.int64), np.zeros(r_p.shape, np.int64)
+    for n_d in (np.floor(ideal), np.ceil(ideal)):
+        n_d = np.clip(n_d, 1.0, np.maximum(cap, 1.0))
+        v = osl * np.minimum(n_p * r_p, n_d * r_d) / (n_p * g_p + n_d * g_d)
+        v = np.where(cap >= 1.0, v, 0.0)
+        i = np.argmax(v, axis=0)
+        vi = np.take_along_axis(v, i[None], 0)[0]
+        better = vi > best
+        best = np.where(better, vi, best)
+        best_np = np.where(better, i + 1, best_np)
+        best_nd = np.where(better, np.take_along_axis(n_d * np.ones_like(v), i[None], 0)[0].astype(np.int64), best_nd)
+    return best, best_np, best_nd
+
+
+# ------------------------------------------------------------------------------- designs, results
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+    """One serving configuration and its metrics.
+
+    Attributes:
+      mode: "disaggregated" or "colocated".
+      decode: layout of a decode (or co-located) replica: tpa, kvp, dp_attn, tpf, ep, pp, batch,
+        microbatches, family.
+      prefill: layout of a prefill replica (with chunk), or None.
+      n_decode, n_prefill: replicas per pool (co-located: 1 replica; any count has the same
+        per-GPU metrics).
+      gpus: GPUs of the whole system.
+      tokens_per_s_per_gpu, tokens_per_s_per_user, ttft_s, ttl_s: its metrics.
+    """
+
+    mode: str
+    decode: dict
+    prefill: dict | None
+    n_decode: int
+    n_prefill: int
+    gpus: int
+    tokens_per_s_per_gpu: float
+    tokens_per_s_per_user: float
+    ttft_s: float
+    ttl_s: float
+
+    @property
+    def alpha(self) -> float:
+        """Prefill GPUs per decode GPU (0: co-located)."""
+        if self.prefill is None:
+            return 0.0
+        return self.n_prefill * _replica(self.prefill) / (self.n_decode * _replica(self.decode))
+
+
+def _replica(layout: dict) -> int:
+    return layout["dp_attn"] * layout["kvp"] * layout["tpa"] * layout["pp"]
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Result of a search: the best design under the case's SLA and what it cost.
+
+    Attributes:
+      method: "exhaustive" or "gradient".
+      best: the best feasible `Design`.
+      evaluations: design points the cost model evaluated (see the module docstring).
+      wall_s: wall time.
+      frontier: (tokens/s/user, tokens/s/GPU) of the Pareto frontier under the TTFT limit
+        (exhaustive search only), sorted by tokens/s/user.
+      details: breakdown (evaluations per stage, space sizes, ...).
+    """
+
+    method: str
+    best: Design
+    evaluations: int
+    wall_s: float
+    frontier: tuple[np.ndarray, np.ndarray] | None = None
+    details: dict = dataclasses.field(default_factory=dict)
+
+
+def _layout_dict(lay: LayoutArrays, i: int, family: str) -> dict:
+    d = {k: int(round(float(np.asarray(getattr(lay, k))[i]))) for k in _STRUCT + ("batch", "microbatches", "chunk")}
+    d["family"] = str(family)
+    return d
+
+
+def _design_colocated(lay, fam, m: PhaseMetrics, i, osl) -> Design:
+    tps = float(m.rate_per_gpu[i]) * osl
+    g = int(round(float(m.gpus[i])))
+    return Design("colocated", _layout_dict(lay, i, fam[i]), None, 1, 0, g, tps, 1.0 / float(m.ttl_s[i]),
+                  float(m.ttft_s[i]), float(m.ttl_s[i]))
+
+
+def _design_disaggregated(pf, i, dc, j, n_p, n_d, tps) -> Design:
+    """pf, dc: (lay, families, metrics) of the two pools; i, j: indices."""
+    (lp, fp, mp), (ld, fd, md) = pf, dc
+    gp, gd = int(round(float(mp.gpus[i]))), int(round(float(md.gpus[j])))
+    return Design("disaggregated", _layout_dict(ld, j, fd[j]), _layout_dict(lp, i, fp[i]), int(n_d), int(n_p),
+                  int(n_p) * gp + int(n_d) * gd, float(tps), 1.0 / float(md.ttl_s[j]), float(mp.ttft_s[i]),
+                  float(md.ttl_s[j]))
+
+
+# ------------------------------------------------------------------------------- the discrete space
+
+def _check_fits_somewhere(case: Case) -> None:
+    """A closed-form lower bound: the weights alone, spread over the largest replica."""
+    m, space = case.model, case.space
+    weights = m.total_params * space.bits[0] / 8.0 / space.max_gpus
+    if weights > case.hw.hbm_capacity_bytes:
+        raise ValueError(
+            f"{m.name} fits on no layout: its weights alone need {weights / 1e9:.1f} GB per GPU on "
+            f"max_gpus={space.max_gpus} GPUs ({space.weight_format}), more than the "
+            f"{case.hw.hbm_capacity_bytes / 1e9:.0f} GB HBM of {case.hw.name}")
+
+
+def phase_layouts(case: Case, phase: str, batches=None):
+    """Every valid discrete layout of one pool (`sweep.enumerate_layouts` with the space's options).
+
+    Prefill pools: TP and DP-attention families (no KVP), no HOP-B, times every chunk option.
+    Decode and co-located pools: every family, HOP-B micro-batching off or one request each.
+
+    Returns:
+      (LayoutArrays of numpy [n], families [n]).
+    """
+    space, isl = case.space, case.workload.isl
+    batches = list(space.batches(phase) if batches is None else batches)
+    kw = dict(max_gpus=space.max_gpus, batches=batches, pp_options=space.pp_options, bits=space.bits)
+    if phase == "prefill":
+        lay, fam = enumerate_layouts(case.model, families=("tp", "dp_ep"), microbatch_modes=("none",), **kw)
+        chunks = space.chunk_options(isl)
+        n = len(fam)
+        lay = LayoutArrays(*(np.tile(np.asarray(x), len(chunks)) for x in lay))
+        lay = lay._replace(chunk=np.repeat(np.asarray(chunks, np.float32), n))
+        return lay, np.tile(fam, len(chunks))
+    return enumerate_layouts(case.model, microbatch_modes=("none", "per_request"), **kw)
+
+
+class PhaseTable(NamedTuple):
+    """Every layout of one pool with its metrics (numpy) and SLA feasibility."""
+
+    lay: LayoutArrays
+    family: np.ndarray
+    metrics: PhaseMetrics
+    feasible: np.ndarray
+
+
+def phase_tables(case: Case, *, progress: bool = False, chunk: int = 1 << 16, block: int = 1 << 12,
+                 phases=None) -> dict[str, PhaseTable]:
+    """Cost every discrete layout of the pools the case's modes need.
+
+    Returns:
+      {phase: PhaseTable} for "prefill" and "decode" (disaggregated) and/or "colocated".
+    """
+    if phases is None:
+        phases = (("prefill", "decode") if "disaggregated" in case.space.modes else ()) + (
+            ("colocated",) if "colocated" in case.space.modes else ())
+    w, params, out = case.workload, case.efficiency, {}
+    for phase in phases:
+        lay, fam = phase_layouts(case, phase)
+        fn = functools.partial(_table_fn, case.model, case.hw, params, phase, float(w.isl), float(w.osl))
+        r = evaluate(fn, lay, chunk=chunk, block=block, progress=progress, desc=f"{phase} ({len(fam):,})")
+        m = PhaseMetrics(**r)
+        out[phase] = PhaseTable(lay, fam, m, np.asarray(_feasible(m, w)))
+    return out
+
+
+def _table_fn(model, hw, params, phase, isl, osl, lay):
+    return phase_metrics(model, hw, params, phase, lay, isl, osl)._asdict()
+
+
+def _infeasible_message(case: Case, tables: dict[str, PhaseTable]) -> str:
+    w = case.workload
+    parts = []
+    for phase, t in tables.items():
+        m = t.metrics
+        fit = m.mem_ratio <= 1.0
+        if not fit.any():
+            parts.append(f"{phase}: no layout fits in HBM (smallest footprint {m.mem_ratio.min():.2f}× "
+                         f"the {case.hw.hbm_capacity_bytes / 1e9:.0f} GB of {case.hw.name})")
+            continue
+        if phase != "decode":
+            parts.append(f"{phase}: best TTFT {m.ttft_s[fit].min():.3g} s (limit {w.ttft_limit_s:g} s)")
+        if phase != "prefill":
+            parts.append(f"{phase}: best TTL {m.ttl_s[fit].min():.3g} s (limit {w.ttl_limit_s:g} s)")
+    return (f"no design of {case.model.name} on {case.hw.name} (ISL={w.isl}, OSL={w.osl}) meets the SLA "
+            f"within {case.space.max_gpus} GPUs per replica: " + "; ".join(parts))
+
+
+def _best_per_size(t: PhaseTable):
+    """Index of the best feasible layout (max requests/s/GPU) of each replica size."""
+    idx = np.flatnonzero(t.feasible)
+    g = np.asarray(t.metrics.gpus)[idx]
+    out = {}
+    for size in np.unique(g):
+        sel = idx[g == size]
+        out[float(size)] = int(sel[np.argmax(np.asarray(t.metrics.rate_per_gpu)[sel])])
+    return out
+
+
+def exhaustive_search(case: Case, *, progress: bool = False, tables: dict | None = None) -> SearchResult:
+    """Cost every discrete design of the case's space; return the optimum and the Pareto frontier.
+
+    Args:
+      case: the problem.
+      progress: tqdm bars over the chunks.
+      tables: precomputed `phase_tables(case)` (their evaluations are still counted).
+
+    Returns:
+      `SearchResult` with the best design under the SLA and the frontier of tokens/s/GPU against
+      tokens/s/user of every design meeting the TTFT limit.
+
+    Raises:
+      ValueError: no design fits in memory or meets the SLA (the message gives the best values).
+    """
+    t0 = time.perf_counter()
+    _check_fits_somewhere(case)
+    tables = phase_tables(case, progress=progress) if tables is None else tables
+    w, G = case.workload, case.space.max_total_gpus
+    osl = float(w.osl)
+    cands, fx, fy = [], [], []
+    if "colocated" in tables:
+        t = tables["colocated"]
+        m = t.metrics
+        ok = t.feasible & (m.gpus <= G)
+        if ok.any():
+            i = int(np.argmax(np.where(ok, m.rate_per_gpu, -np.inf)))
+            cands.append(_design_colocated(t.lay, t.family, m, i, osl))
+        front = (m.mem_ratio <= 1.0) & (m.ttft_s <= w.ttft_limit_s) & (m.gpus <= G)
+        fx.append(1.0 / m.ttl_s[front])
+        fy.append(m.rate_per_gpu[front] * osl)
+    if "prefill" in tables:
+        tp, td = tables["prefill"], tables["decode"]
+        bp = _best_per_size(tp)
+        if bp:
+            ip = np.asarray(list(bp.values()))
+            gp = np.asarray(tp.metrics.gpus)[ip]
+            rp = np.asarray(tp.metrics.rate_per_gpu)[ip] * gp
+            bd = _best_per_size(td)
+            if bd:
+                jd = np.asarray(list(bd.values()))
+                gd = np.asarray(td.metrics.gpus)[jd]
+                rd = np.asarray(td.metrics.rate_per_gpu)[jd] * gd
+                v, n_p, n_d = solve_pools(rp[:, None], gp[:, None], rd[None, :], gd[None, :], osl, G)
+                a, b = np.unravel_index(int(np.argmax(v)), v.shape)
+                if v[a, b] > 0:
+                    cands.append(_design_disaggregated((tp.lay, tp.family, tp.metrics), ip[a],
+                                                       (td.lay, td.family, td.metrics), jd[b],
+                                                       n_p[a, b], n_d[a, b], v[a, b]))
+            x, y = _disaggregated_frontier(td, ip, gp, rp, osl, G)
+            fx.append(x)
+            fy.append(y)
+    n_eval = sum(len(t.family) for t in tables.values())
+    if not cands:
+        raise ValueError(_infeasible_message(case, tables))
+    best = max(cands, key=lambda d: d.tokens_per_s_per_gpu)
+    x, y = np.concatenate(fx), np.concatenate(fy)
+    frontier = pareto_front(x, y, y > 0) if len(x) else (x, y)
+    return SearchResult("exhaustive", best, n_eval, time.perf_counter() - t0, frontier,
+                        {"evaluations": {p: len(t.family) for p, t in tables.items()}})
+
+
+def _disaggregated_frontier(td: PhaseTable, ip, gp, rp, osl, G):
+    """(tokens/s/user, tokens/s/GPU) of the best system around every decode layout on the
+    frontier (1/TTL, requests/s/GPU) of its replica size (given the size, the system value rises
+    with the decode rate, so no other decode layout can be on the system frontier)."""
+    m = td.metrics
+    ok = m.mem_ratio <= 1.0
+    keep = np.zeros(len(ok), bool)
+    for size in np.unique(m.gpus[ok]):
+        sel = ok & (m.gpus == size)
+        keep |= np.asarray(pareto_mask(jnp.asarray(1.0 / m.ttl_s), jnp.asarray(m.rate_per_gpu), jnp.asarray(sel)))
+    j = np.flatnonzero(keep)
+    if not len(j) or not len(ip):
+        return np.zeros(0), np.zeros(0)
+    gd = m.gpus[j]
+    v, _, _ = solve_pools(rp[None, :], gp[None, :], (m.rate_per_gpu[j] * gd)[:, None], gd[:, None], osl, G)
+    return 1.0 / m.ttl_s[j], v.max(axis=1)
+
+
+# ------------------------------------------------------------------------------------ relaxation
+
+N_THETA = 8  # relaxation variables per pool (module docstring)
+
+
+def _v2(n: int) -> int:
+    """Exponent of 2 in n: a power of two 2^u divides n iff u ≤ v2(n)."""
+    return (n & -n).bit_length() - 1
+
+
+def smooth_hinge(x, beta):
+    """h_β(x) = softplus(β·x)/β: a smooth max(0, x), within log(2)/β of it."""
+    return jax.nn.softplus(beta * x) / beta
+
+
+def relaxed_layout(theta, model: ModelSpec, space: SearchSpace, phase: str, isl):
+    """Map unconstrained θ [..., 8] to a real-valued layout (module docstring).
+
+    Args:
+      theta: [..., N_THETA] reals.
+      model, space: the model and the space (degree and batch ranges).
+      phase: "prefill", "decode" or "colocated".
+      isl: prompt tokens (prefill chunk range).
+
+    Returns:
+      (LayoutArrays of real degrees, u [..., 7] = (log2 tpa, log2 kvp, log2 dp_attn, log2 tpf,
+      log2 ep, log2 pp, s) with s the micro-batch exponent or the chunk position in [0, 1]).
+    """
+    sig = jax.nn.sigmoid
+    u_n = math.log2(space.max_gpus) * sig(theta[..., 0])
+    if phase == "prefill":
+        w = jax.nn.softmax(jnp.stack([theta[..., 1], theta[..., 3]], -1), -1)
+        u_tpa, u_kvp, u_dp = u_n * w[..., 0], jnp.zeros_like(u_n), u_n * w[..., 1]
+    else:
+        w = jax.nn.softmax(theta[..., 1:4], -1)
+        u_tpa, u_kvp, u_dp = u_n * w[..., 0], u_n * w[..., 1], u_n * w[..., 2]
+    if model.is_moe:
+        u_ep = u_n * sig(theta[..., 4])
+        u_tpf = u_n - u_ep
+    else:
+        u_ep = jnp.zeros_like(u_n)
+        u_tpf = u_tpa + (u_n - u_tpa) * sig(theta[..., 4])
+    u_pp = math.log2(max(space.pp_options)) * sig(theta[..., 5])
+    grid = space.batches(phase)
+    b_lo, b_hi = math.log2(grid[0]), math.log2(grid[-1])
+    batch = jnp.exp2(b_lo + (b_hi - b_lo) * sig(theta[..., 6]))
+    s = sig(theta[..., 7])
+    pp, dp = jnp.exp2(u_pp), jnp.exp2(u_dp)
+    isl = jnp.asarray(isl, jnp.float32)
+    chunk, mb = jnp.zeros_like(u_n), jnp.ones_like(u_n)
+    positive = [c for c in space.chunks if c > 0]
+    if phase == "prefill" and positive:
+        c_min = jnp.minimum(float(min(positive)), isl)
+        chunk = isl * jnp.exp(s * jnp.log(c_min / isl))
+    elif phase != "prefill":
+        per_group = batch / (jnp.minimum(pp, batch) * dp)
+        mb = jnp.exp(s * jnp.log(max1_relaxed(per_group)))
+    wb, kb, ab, cb = space.bits
+    lay = LayoutArrays(
+        tpa=jnp.exp2(u_tpa), kvp=jnp.exp2(u_kvp), dp_attn=dp, tpf=jnp.exp2(u_tpf), ep=jnp.exp2(u_ep), pp=pp,
+        dp=jnp.ones_like(u_n), batch=batch, microbatches=mb, chunk=chunk, hopb=jnp.ones_like(u_n),
+        weight_bits=jnp.full_like(u_n, wb), kv_bits=jnp.full_like(u_n, kb), act_bits=jnp.full_like(u_n, ab),
+        comm_bits=jnp.full_like(u_n, cb))
+    return lay, jnp.stack([u_tpa, u_kvp, u_dp, u_tpf, u_ep, u_pp, s], -1)
+
+
+def _log2(x):
+    return jnp.log2(jnp.maximum(x, 1e-30))
+
+
+def _pool_terms(model: ModelSpec, space: SearchSpace, phase: str, u, lay, m: PhaseMetrics, ttft_limit_s,
+                ttl_limit_s, beta):
+    """Hinged violations (≥ 0) of one pool's constraints, and its integrality term."""
+    h = functools.partial(smooth_hinge, beta=beta)
+    u_tpa, u_kvp, u_dp, u_tpf, u_ep, u_pp, s = (u[..., i] for i in range(7))
+    a_tpf = _v2(model.expert_ffn) if model.is_moe else _v2(model.ffn)
+    if model.is_moe and model.n_moe_layers < model.n_layers:
+        a_tpf = min(a_tpf, _v2(model.ffn))
+    v = {
+        f"{phase}/memory": h(_log2(m.mem_ratio)),
+        f"{phase}/tpa_divides_q": h(u_tpa - _v2(model.n_heads)),
+        # TPA beyond the KV heads only as plain TP (kvp = dp_attn = 1), which duplicates KV heads
+        f"{phase}/tpa_divides_kv": h(u_tpa - _v2(model.n_kv_heads)) * jnp.tanh(2.0 * (u_kvp + u_dp)),
+        f"{phase}/tpf_divides_ffn": h(u_tpf - a_tpf),
+        f"{phase}/gpus_per_replica": h(u_tpa + u_kvp + u_dp + u_pp - math.log2(space.max_gpus)),
+        f"{phase}/batch_ge_dp": h(u_dp - _log2(lay.batch)),
+    }
+    if model.is_moe:
+        v[f"{phase}/ep_divides_experts"] = h(u_ep - _v2(model.n_experts))
+    if phase != "decode":
+        v[f"{phase}/ttft"] = h(_log2(m.ttft_s / ttft_limit_s))
+    if phase != "prefill":
+        v[f"{phase}/ttl"] = h(_log2(m.ttl_s / ttl_limit_s))
+    frac = jnp.sin(jnp.pi * u[..., :6]) / jnp.pi
+    integ = jnp.sum(frac * frac, -1) + (0.0 if phase == "prefill" else 4.0 * s * (1.0 - s))
+    return v, integ
+
+
+def relaxed_terms(arm: str, theta, model: ModelSpec, hw: HardwareSpec, params, space: SearchSpace, isl, osl,
+                  ttft_limit_s, ttl_limit_s, beta):
+    """Objective, hinged constraint violations and integrality of one relaxed design.
+
+    Args:
+      arm: "disaggregated" (theta [2, N_THETA]: prefill, decode) or "colocated" ([1, N_THETA]).
+      theta: relaxation variables of one design.
+      params: efficiencies. isl, osl: request lengths. ttft_limit_s, ttl_limit_s: the SLA.
+      beta: hinge sharpness.
+
+    Returns:
+      (objective = −log2 tokens/s/GPU, {name: violation ≥ 0}, integrality ≥ 0).
+    """
+    G = float(space.max_total_gpus)
+    phases = ("prefill", "decode") if arm == "disaggregated" else ("colocated",)
+    viol, integ, mets = {}, 0.0, []
+    for k, phase in enumerate(phases):
+        lay, u = relaxed_layout(theta[k], model, space, phase, isl)
+        m = phase_metrics(model, hw, params, phase, lay, isl, osl, relaxed=True)
+        v, i = _pool_terms(model, space, phase, u, lay, m, ttft_limit_s, ttl_limit_s, beta)
+        viol.update(v)
+        integ = integ + i
+        mets.append(m)
+    if arm == "disaggregated":
+        mp, md = mets
+        tps = osl / (1.0 / mp.rate_per_gpu + 1.0 / md.rate_per_gpu)
+        k_ratio = (md.rate_per_gpu * md.gpus) / (mp.rate_per_gpu * mp.gpus)  # prefill replicas per decode replica
+        g_min = ops.smooth_max(k_ratio, 1.0) * mp.gpus + ops.smooth_max(1.0 / k_ratio, 1.0) * md.gpus
+        viol["total_gpus"] = smooth_hinge(_log2(g_min / G), beta)
+    else:
+        (mc,) = mets
+        tps = mc.rate_per_gpu * osl
+        viol["total_gpus"] = smooth_hinge(_log2(mc.gpus / G), beta)
+    return -_log2(tps), viol, integ
+
+
+def relaxed_loss(arm: str, theta, model: ModelSpec, hw: HardwareSpec, params, space: SearchSpace, isl, osl,
+                 ttft_limit_s, ttl_limit_s, *, beta=8.0, weight=10.0, integrality=0.0):
+    """ℓ(θ) = −log2 tokens/s/GPU + weight·Σ violations² + integrality·Σ sin²(π·u)/π² (scalar)."""
+    obj, viol, integ = relaxed_terms(arm, theta, model, hw, params, space, isl, osl, ttft_limit_s, ttl_limit_s,
+                                     beta)
+    pen = sum(v * v for v in viol.values())
+    return obj + weight * pen + integrality * integ
+
+
+def _schedule(frac, w=(1.0, 100.0), beta=(2.0, 32.0), lam=2.0):
+    """Penalty weight and hinge sharpness grow geometrically; integrality from a third of the way."""
+    return (beta[0] * (beta[1] / beta[0]) ** frac, w[0] * (w[1] / w[0]) ** frac,
+            lam * jnp.clip((frac - 1.0 / 3.0) * 1.5, 0.0, 1.0))
+
+
+@functools.lru_cache(maxsize=64)
+def _optimizer(arm: str, model: ModelSpec, hw: HardwareSpec, space: SearchSpace, steps: int):
+    """jit(run(theta0 [S, pools, 8], params, isl, osl, ttft, ttl, lr, frac0) -> (theta, loss [steps, S])).
+
+    Adam (optax) on every start at once; cosine-decayed learning rate; the penalty schedule runs
+    from frac0 to 1 (warm starts begin part-way)."""
+    tx = optax.scale_by_adam()
+
+    def loss(theta, params, isl, osl, ttft, ttl, beta, w, lam):
+        return relaxed_loss(arm, theta, model, hw, params, space, isl, osl, ttft, ttl, beta=beta, weight=w,
+                            integrality=lam)
+
+    value_and_grad = jax.vmap(jax.value_and_grad(loss), in_axes=(0,) + (None,) * 8)
+
+    def run(theta0, params, isl, osl, ttft, ttl, lr, frac0):
+        def body(carry, k):
+            theta, state = carry
+            frac = frac0 + (1.0 - frac0) * k / max(steps - 1, 1)
+            beta, w, lam = _schedule(frac)
+            val, grad = value_and_grad(theta, params, isl, osl, ttft, ttl, beta, w, lam)
+            grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
+            upd, state = tx.update(grad, state, theta)
+            step_lr = lr * (0.1 + 0.9 * 0.5 * (1.0 + jnp.cos(jnp.pi * k / steps)))
+            return (theta - step_lr * upd, state), val
+
+        (theta, _), losses = jax.lax.scan(body, (theta0, tx.init(theta0)), jnp.arange(steps, dtype=jnp.float32))
+        return theta, losses
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=64)
+def _relaxed_u(model: ModelSpec, space: SearchSpace, phase: str):
+    return jax.jit(lambda theta, isl: relaxed_layout(theta, model, space, phase, isl))
+
+
+# ------------------------------------------------------------------- discrete rounding and polish
+
+@functools.lru_cache(maxsize=64)
+def _point_fn(model: ModelSpec, hw: HardwareSpec, phase: str):
+    return jax.jit(lambda params, cols, isl, osl: phase_metrics(model, hw, params, phase, LayoutArrays(*cols),
+                                                                isl, osl))
+
+
+class _Pool:
+    """One pool's discrete layouts as structures × batch grid, evaluated on demand (cached, counted).
+
+    A structure is (tpa, kvp, dp_attn, tpf, ep, pp, s): s is the HOP-B switch (micro-batches of
+    one request each; decode) or the chunk option (prefill). Rows equal `phase_layouts`' rows.
+    """
+
+    def __init__(self, case: Case, phase: str):
+        self.case, self.phase = case, phase
+        self.grid = np.asarray(case.space.batches(phase), np.float64)
+        lay, fam = phase_layouts(case, phase, batches=[int(self.grid[-1])])
+        cols = np.stack([np.asarray(getattr(lay, k)) for k in _STRUCT], 1).astype(np.int64)
+        if phase == "prefill":
+            opts = case.space.chunk_options(case.workload.isl)
+            s = np.asarray([opts.index(int(c)) for c in np.asarray(lay.chunk)])
+            c_min = min([c for c in opts if c > 0], default=case.workload.isl)
+            pos = np.asarray([0.0 if c == 0 else math.log(case.workload.isl / c) / math.log(case.workload.isl / c_min)
+                              for c in opts])
+            self.chunks = np.asarray(opts, np.float64)
+        else:
+            s = (np.asarray(lay.microbatches) > 1).astype(np.int64)
+            pos = np.asarray([0.0, 1.0])
+        rows, idx = np.unique(np.concatenate([cols, s[:, None]], 1), axis=0, return_index=True)
+        self.struct, self.family = rows, np.asarray(fam)[idx]
+        pp_index = {p: i for i, p in enumerate(case.space.pp_options)}
+        deg = np.log2(rows[:, :5]).round().astype(np.int64)
+        self.lattice = np.concatenate([deg, np.asarray([[pp_index[p]] for p in rows[:, 5]]), rows[:, 6:]], 1)
+        self.coords = np.concatenate([np.log2(rows[:, :6]), pos[rows[:, 6]][:, None]], 1)
+        self.l1 = np.abs(self.lattice[:, None, :] - self.lattice[None, :, :]).sum(-1)
+        self.bits = case.space.bits
+        self.fn = _point_fn(case.model, case.hw, phase)
+        self.cache: dict[tuple, tuple] = {}
+
+    def __len__(self):
+        return len(self.struct)
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.cache)
+
+    def row(self, si: int, bi: int) -> tuple:
+        tpa, kvp, d, tpf, ep, pp, s = (int(x) for x in self.struct[si])
+        b = int(self.grid[bi])
+        chunk, mb = 0, 1
+        if self.phase == "prefill":
+            chunk = int(self.chunks[s])
+        elif s and kvp > 1:
+            mb = -(-b // (min(pp, b) * d))  # one request per micro-batch (as `enumerate_layouts`)
+        return (tpa, kvp, d, tpf, ep, pp, 1, b, mb, chunk, 1, *self.bits)
+
+    def min_batch_index(self, si: int) -> int:
+        return int(np.searchsorted(self.grid, self.struct[si, 2]))  # batch ≥ dp_attn
+
+    def evaluate(self, points) -> list[tuple]:
+        """Metrics (ttft, ttl, rate/GPU, gpus, mem ratio) of (structure, batch index) points."""
+        rows = [self.row(si, bi) for si, bi in points]
+        todo = sorted({r for r in rows if r not in self.cache})
+        if todo:
+            n = len(todo)
+            size = max(64, 1 << (n - 1).bit_length())
+            arr = np.asarray(todo + [todo[-1]] * (size - n), np.float32).T
+            w = self.case.workload
+            out = self.fn(self.case.efficiency, tuple(arr), float(w.isl), float(w.osl))
+            out = np.stack([np.asarray(x, np.float64) for x in out], 1)[:n]
+            self.cache.update(zip(todo, map(tuple, out)))
+        return [self.cache[r] for r in rows]
+
+    def feasible(self, met) -> bool:
+        w = self.case.workload
+        ttft, ttl, rate, _, mem = met
+        return bool(mem <= 1.0 and ttft <= w.ttft_limit_s and ttl <= w.ttl_limit_s and np.isfinite(rate))
+
+    def layout(self, si: int, bi: int) -> dict:
+        keys = _STRUCT + ("dp", "batch", "microbatches", "chunk")
+        d = {k: int(v) for k, v in zip(keys, self.row(si, bi)) if k != "dp"}
+        d["family"] = str(self.family[si])
+        return d
+
+
+def _batch_search(pool: _Pool, si: int, guess: int, window: int):
+    """Generator (driven by `_drive`): the largest feasible batch of structure si by galloping
+    from `guess` and bisecting, then `window` grid batches below it and the largest aligned one.
+    Yields lists of batch indices, receives their metrics, returns [(bi, metrics)] feasible."""
+    lo_ok, n = pool.min_batch_index(si), len(pool.grid)
+    if lo_ok >= n:
+        return []
+    k = int(np.clip(guess, lo_ok, n - 1))
+    (m,) = yield [k]
+    if pool.feasible(m):
+        lo, hi, step = k, n, 1
+        while lo + step < n:
+            (m,) = yield [lo + step]
+            if pool.feasible(m):
+                lo, step = lo + step, step * 2
+            else:
+                hi = lo + step
+                break
+    else:
+        hi, lo, step = k, None, 1
+        while hi - step >= lo_ok:
+            (m,) = yield [hi - step]
+            if pool.feasible(m):
+                lo = hi - step
+                break
+            hi, step = hi - step, step * 2
+        if lo is None:
+            if hi == lo_ok:
+                return []
+            (m,) = yield [lo_ok]
+            if not pool.feasible(m):
+                return []
+            lo = lo_ok
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        (m,) = yield [mid]
+        if pool.feasible(m):
+            lo = mid
+        else:
+            hi = mid
+    _, kvp, d, _, _, pp, _ = pool.struct[si]
+    cands = {lo} | {b for b in range(max(lo_ok, lo - window + 1), lo)}
+    aligned = [b for b in range(lo, lo_ok - 1, -1) if int(pool.grid[b]) % (min(pp, int(pool.grid[b])) * d) == 0]
+    if aligned:
+        cands.add(aligned[0])
+    cands = sorted(cands)
+    mets = yield cands
+    return [(b, m) for b, m in zip(cands, mets) if pool.feasible(m)]
+
+
+def _drive(pool: _Pool, searches: dict):
+    """Run `_batch_search` generators in lockstep, one batched evaluation per round."""
+    results, pending = {}, {}
+    for key, gen in searches.items():
+        try:
+            pending[key] = (gen, next(gen))
+        except StopIteration as e:
+            results[key] = e.value
+    while pending:
+        points = [(key[0] if isinstance(key, tuple) else key, bi) for key, (_, bis) in pending.items() for bi in bis]
+        mets = iter(pool.evaluate(points))
+        nxt = {}
+        for key, (gen, bis) in pending.items():
+            try:
+                nxt[key] = (gen, gen.send([next(mets) for _ in bis]))
+            except StopIteration as e:
+                results[key] = e.value
+        pending = nxt
+    return results
+
+
+def _best_batches(pool: _Pool, guesses: dict, value, window: int):
+    """{si: (bi, metrics, value)} of the best feasible batch per structure (value: metrics -> float)."""
+    found = _drive(pool, {si: _batch_search(pool, si, g, window) for si, g in guesses.items()})
+    out = {}
+    for si, feas in found.items():
+        if feas:
+            vals = [value(si, m) for _, m in feas]
+            j = int(np.argmax(vals))
+            if vals[j] > 0:
+                out[si] = (feas[j][0], feas[j][1], vals[j])
+    return out
+
+
+def _snap(pool: _Pool, u: np.ndarray, batch: np.ndarray):
+    """Nearest structure (Euclidean in u) and nearest grid batch (in log2) for every start."""
+    d = ((u[:, None, :] - pool.coords[None, :, :]) ** 2).sum(-1)
+    si = np.argmin(d, 1)
+    bi = np.abs(np.log2(pool.grid)[None, :] - np.log2(np.maximum(batch, 1.0))[:, None]).argmin(1)
+    return si, bi
+
+
+def _guess(pool: _Pool, si_from: int, bi_from: int, si_to: int) -> int:
+    """Batch guess for a neighbour: the incumbent's batch scaled by the replica-size ratio."""
+    g = lambda s: float(np.prod(pool.struct[s, :3]) * pool.struct[s, 5])  # noqa: E731
+    b = pool.grid[bi_from] * g(si_to) / g(si_from)
+    return int(np.abs(np.log2(pool.grid) - math.log2(max(b, 1.0))).argmin())
+
+
+class _Incumbent(NamedTuple):
+    si: int
+    bi: int
+    met: tuple
+
+
+def _system_value(case: Case, pf: _Incumbent | None, dc: _Incumbent):
+    """tokens/s/GPU (and pools) of a disaggregated pair, or of a co-located replica (pf None)."""
+    osl, G = float(case.workload.osl), case.space.max_total_gpus
+    if pf is None:
+        return (dc.met[2] * osl if dc.met[3] <= G else 0.0), 0, 1
+    v, n_p, n_d = solve_pools(pf.met[2] * pf.met[3], pf.met[3], dc.met[2] * dc.met[3], dc.met[3], osl, G)
+    return float(v), int(n_p), int(n_d)
+
+
+def _polish(case: Case, pools: dict, inc: dict, window: int, max_rounds: int):
+    """Hill climb over structures within L1 distance 2, pool by pool (the other pool fixed)."""
+    for _ in range(max_rounds):
+        improved = False
+        for phase, pool in pools.items():
+            cur = inc[phase]
+            other = {k: v for k, v in inc.items() if k != phase}
+
+            def value(si, met, phase=phase, other=other):
+                trial = {**other, phase: _Incumbent(si, -1, met)}
+                return _system_value(case, trial.get("prefill"), trial.get("decode", trial.get("colocated")))[0]
+
+            base = value(cur.si, cur.met)
+            neigh = np.flatnonzero((pool.l1[cur.si] <= 2) & (pool.l1[cur.si] > 0))
+            found = _best_batches(pool, {int(s): _guess(pool, cur.si, cur.bi, int(s)) for s in neigh}, value, window)
+            if found:
+                si = max(found, key=lambda s: found[s][2])
+                if found[si][2] > base * (1.0 + 1e-9):
+                    inc[phase] = _Incumbent(si, found[si][0], found[si][1])
+                    improved = True
+        if not improved:
+            break
+    return inc
+
+
+def _arm_candidates(case: Case, arm: str, pools: dict, theta: np.ndarray, extra: dict, window: int):
+    """Snap every start, find each distinct structure's best batch, pick the best combination."""
+    isl = float(case.workload.isl)
+    found = {}
+    for k, (phase, pool) in enumerate(pools.items()):
+        lay, u = _relaxed_u(case.model, case.space, phase)(jnp.asarray(theta[:, k], jnp.float32), isl)
+        si, bi = _snap(pool, np.asarray(u, np.float64), np.asarray(lay.batch, np.float64))
+        guesses = {}
+        for s, b in zip(si.tolist(), bi.tolist()):
+            guesses.setdefault(s, b)
+        for s, b in extra.get(phase, {}).items():
+            guesses.setdefault(s, b)
+        rate = lambda si, met: met[2]  # noqa: E731  fluid requests/s/GPU: the pool-size-free ranking
+        found[phase] = _best_batches(pool, guesses, rate, window)
+        if not found[phase]:
+            return None
+    if arm == "colocated":
+        (f,) = found.values()
+        best = max(f, key=lambda s: _system_value(case, None, _Incumbent(s, *f[s][:2]))[0])
+        return {"colocated": _Incumbent(best, *found["colocated"][best][:2])}
+    best, best_v = None, 0.0
+    for sp, (bp, mp, _) in found["prefill"].items():
+        for sd, (bd, md, _) in found["decode"].items():
+            v = _system_value(case, _Incumbent(sp, bp, mp), _Incumbent(sd, bd, md))[0]
+            if v > best_v:
+                best, best_v = (_Incumbent(sp, bp, mp), _Incumbent(sd, bd, md)), v
+    return None if best is None else {"prefill": best[0], "decode": best[1]}
+
+
+def _design(case: Case, pools: dict, inc: dict) -> Design:
+    if "colocated" in inc:
+        c = inc["colocated"]
+        tps, _, _ = _system_value(case, None, c)
+        return Design("colocated", pools["colocated"].layout(c.si, c.bi), None, 1, 0, int(c.met[3]), tps,
+                      1.0 / c.met[1], c.met[0], c.met[1])
+    p, d = inc["prefill"], inc["decode"]
+    tps, n_p, n_d = _system_value(case, p, d)
+    return Design("disaggregated", pools["decode"].layout(d.si, d.bi), pools["prefill"].layout(p.si, p.bi), n_d, n_p,
+                  int(n_p * p.met[3] + n_d * d.met[3]), tps, 1.0 / d.met[1], p.met[0], d.met[1])
+
+
+def gradient_search(case: Case, *, starts: int = 24, steps: int = 100, seed: int = 0, lr: float = 0.1,
+                    window: int = 3, max_rounds: int = 8, init: dict | None = None, frac0: float = 0.0,
+                    warm: dict | None = None) -> SearchResult:
+    """Gradient descent over the continuous relaxation, then rounding and a local discrete polish.
+
+    Args:
+      case: the problem.
+      starts: random starts per serving mode (optimized at once with `vmap`).
+      steps: Adam steps.
+      seed: seed of the starts (numpy `default_rng`).
+      lr: Adam learning rate (cosine-decayed to a tenth).
+      window: grid batches compared below the largest feasible one.
+      max_rounds: hill-climbing rounds.
+      init: {mode: theta [starts, pools, N_THETA]} warm starts (replaces the random ones).
+      frac0: where the penalty schedule starts (0 cold; > 0 for warm starts).
+      warm: {phase: {structure index: batch index}} extra rounding candidates (warm starts).
+
+    Returns:
+      `SearchResult` (details: evaluations per stage, final theta per mode, incumbents).
+
+    Raises:
+      ValueError: the model fits on no layout, or no feasible design was found.
+    """
+    t0 = time.perf_counter()
+    _check_fits_somewhere(case)
+    w, params = case.workload, case.efficiency
+    rng = np.random.default_rng(seed)
+    n_opt, designs, thetas, incs, polish_evals = 0, [], {}, {}, {}
+    for arm in (a for a in MODES if a in case.space.modes):
+        phases = ("prefill", "decode") if arm == "disaggregated" else ("colocated",)
+        pools = {p: _Pool(case, p) for p in phases}
+        theta0 = rng.normal(0.0, 1.5, (starts, len(phases), N_THETA)) if init is None else init[arm]
+        run = _optimizer(arm, case.model, case.hw, case.space, steps)
+        theta, _ = run(jnp.asarray(theta0, jnp.float32), params, float(w.isl), float(w.osl), float(w.ttft_limit_s),
+                       float(w.ttl_limit_s), float(lr), float(frac0))
+        theta = np.asarray(theta)
+        thetas[arm] = theta
+        n_opt += theta.shape[0] * steps * len(phases)
+        inc = _arm_candidates(case, arm, pools, theta, warm or {}, window)
+        if inc is not None:
+            inc = _polish(case, pools, inc, window, max_rounds)
+            designs.append(_design(case, pools, inc))
+            incs.update({p: (i.si, i.bi) for p, i in inc.items()})
+        polish_evals.update({p: pool.evaluations for p, pool in pools.items()})
+    n_polish = sum(polish_evals.values())
+    if not designs:
+        raise ValueError(
+            f"gradient search found no feasible design of {case.model.name} on {case.hw.name} (ISL={w.isl}, "
+            f"OSL={w.osl}, TTFT ≤ {w.ttft_limit_s:g} s, TTL ≤ {w.ttl_limit_s:g} s) after {starts} starts; "
+            f"`exhaustive_search` tells whether one exists")
+    best = max(designs, key=lambda d: d.tokens_per_s_per_gpu)
+    details = {"evaluations": {"optimizer": n_opt, **{f"polish/{p}": n for p, n in polish_evals.items()}},
+               "theta": thetas, "incumbents": incs}
+    return SearchResult("gradient", best, n_opt + n_polish, time.perf_counter() - t0, None, details)
+
+
+def sla_sweep(case: Case, ttl_limits_s, *, starts: int = 24, steps: int = 100, warm_steps: int = 40,
+              seed: int = 0, **kw) -> list[SearchResult]:
+    """Trace the frontier along the TTL target: a cold gradient search at the first limit, then
+    warm starts (the previous thetas, the schedule from its middle, the previous incumbents as
+    rounding candidates) at each next one. Order the limits from loose to tight or the reverse.
+
+    Returns:
+      one `SearchResult` per TTL limit (ValueError where no design is feasible propagates).
+    """
+    out, prev = [], None
+    for ttl in ttl_limits_s:
+        c = case.with_ttl(float(ttl))
+        if prev is None:
+            r = gradient_search(c, starts=starts, steps=steps, seed=seed, **kw)
+        else:
+            warm = {}
+            for phase, (si, bi) in prev.details["incumbents"].items():
+                warm.setdefault(phase, {})[si] = bi
+            r = gradient_search(c, starts=starts, steps=warm_steps, seed=seed, init=prev.details["theta"],
+                                frac0=0.5, warm=warm, **kw)
+        out.append(r)
+        prev = r
+    return out
