@@ -13,16 +13,19 @@ GQA2 = ModelSpec("tiny-gqa-2l", 2, 64, 16, 8, 8, 128, 256)
 MLA_MOE = ModelSpec("tiny-mla-moe", 2, 64, 16, 1, 8, 128, 256, kv_lora_rank=32, rope_dim=8, v_head_dim=8,
                     n_experts=8, top_k=2, n_shared_experts=1, expert_ffn=16, n_dense_layers=1)
 
-TRAIN = ModelSpec("tiny-mla-moe-1l", 1, 64, 16, 1, 8, 128, 256, kv_lora_rank=32, rope_dim=8, v_head_dim=8,
-                  n_experts=8, top_k=2, n_shared_experts=1, expert_ffn=16)
+TRAIN_MLA_MOE = ModelSpec("tiny-mla-moe-1l", 1, 64, 16, 1, 8, 128, 256, kv_lora_rank=32, rope_dim=8,
+                          v_head_dim=8, n_experts=8, top_k=2, n_shared_experts=1, expert_ffn=16)
+TRAIN_DENSE = ModelSpec("tiny-dense-1l", 1, 64, 4, 2, 16, 128, 256)
 
 
 def _tokens(b, t, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (b, t), dtype=np.int32)
 
 
-def test_forward_and_training_step(random_model):
-    model = random_model(TRAIN)
+@pytest.mark.parametrize("spec", [TRAIN_DENSE, pytest.param(TRAIN_MLA_MOE, marks=pytest.mark.slow)],
+                         ids=["dense", "mla-moe"])
+def test_forward_and_training_step(spec, random_model):
+    model = random_model(spec)
     forward = nnx.jit(lambda m, t: m(t))
     tokens = _tokens(2, 17)
     logits = forward(model, tokens)
@@ -71,25 +74,25 @@ def test_sharded_decode_equals_model(spec, layout, steps, random_model, assert_c
     decoder = sharded_decoder(model, make_mesh(layout), batch=layout.batch, max_seq=128,
                               microbatches=layout.microbatches)
     assert_close(decoder.teacher_forced(tokens), reference)
-
-
-def test_decoder_step_api(random_model, assert_close):
-    """step() advances kv_len and reproduces the model's last-position logits; bad shapes raise."""
-    model = random_model(GQA2, seed=5)
-    layout = Layout(kvp=2, tpa=4, tpf=8, batch=2)
-    decoder = sharded_decoder(model, make_mesh(layout), batch=2, max_seq=32)
-    tokens = _tokens(2, 3, seed=6)
+    # The step API: three single steps reproduce the first three positions and advance kv_len.
     state = decoder.init_state()
     for t in range(3):
         logits, state = decoder.step(state, tokens[:, t])
-    np.testing.assert_array_equal(state.kv_len, [3, 3])
-    assert_close(logits, nnx.jit(lambda m, t: m(t))(model, tokens)[:, -1])
+        assert_close(logits, reference[:, t])
+    np.testing.assert_array_equal(state.kv_len, [3] * layout.batch)
+
+
+def test_decoder_errors(random_model):
+    model = random_model(GQA2, seed=5)
+    decoder = sharded_decoder(model, make_mesh(Layout(kvp=2, tpa=4, tpf=8, batch=2)), batch=2, max_seq=32)
     with pytest.raises(ValueError, match=r"tokens must be \[batch=2\], got \(3,\)"):
-        decoder.step(state, tokens[0])
+        decoder.step(decoder.init_state(), np.zeros(3, np.int32))
     with pytest.raises(ValueError, match=r"T=40 tokens exceed the cache length max_seq=32"):
         decoder.teacher_forced(_tokens(2, 40))
     with pytest.raises(ValueError, match=r"tpa=4 exceeds n_kv_heads=1"):
         sharded_decoder(random_model(MLA_MOE), make_mesh(Layout(kvp=2, tpa=4, tpf=8, batch=2)), batch=2, max_seq=32)
+    with pytest.raises(ValueError, match=r"kvp=8 does not divide the cache length seq=100"):
+        sharded_decoder(model, make_mesh(Layout(kvp=8, tpa=1, tpf=8, batch=2)), batch=2, max_seq=100)
 
 
 def test_model_parameters():

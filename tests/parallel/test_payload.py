@@ -10,7 +10,7 @@ import numerics
 from parallel import collectives, make_mesh, payload_bytes
 from parallel.payload import _pack, _unpack, exchange_partials
 
-FORMATS = ["mxfp4_e2m1", "mxfp6_e3m2", "mxfp6_e2m3", "mxint8", "nvfp4", "fp8_e4m3", "bf16"]
+FORMATS = ["mxfp4_e2m1", "mxfp6_e3m2", "nvfp4", "fp8_e4m3"]  # 4- and 6-bit packing, block + tensor scales
 KVP, TPA, B, QL, DV = 4, 2, 2, 8, 40  # Dv = 40 is not a block multiple: padded codes travel too
 
 
