@@ -118,12 +118,12 @@ def test_stochastic_gradient_rounding_is_deterministic_per_cotangent():
     sr = dict(weights="mxfp8_e4m3", activations="mxfp8_e4m3", gradients="mxfp4_e2m1", grad_rounding="stochastic")
     a1, a2 = grads(QuantPolicy(**sr, seed=3)), grads(QuantPolicy(**sr, seed=3))
     b = grads(QuantPolicy(**sr, seed=4))
-    even = grads(QuantPolicy(**{**sr, "grad_rounding": "even"}))
-    for x, y, z, e in zip(a1, a2, b, even):
+    exact = grads(QuantPolicy())  # unquantized gradients
+    for x, y, z, e in zip(a1, a2, b, exact):
         np.testing.assert_array_equal(x, y)  # same seed, same cotangent: same noise
-        assert not np.array_equal(x, z) and not np.array_equal(x, e)
-        # unbiased on average: the stochastic gradient is close to the round-to-nearest one
-        assert np.abs(np.asarray(x - e)).mean() < 0.5 * np.abs(np.asarray(e)).mean()
+        assert not np.array_equal(x, z)  # another seed: other noise
+        # FP4 gradients with stochastic rounding still point the right way: relative error well below 1
+        assert np.linalg.norm(np.asarray(x - e)) < 0.5 * np.linalg.norm(np.asarray(e))
     c = grads(QuantPolicy(**sr, seed=3), scale=1.5)  # another cotangent: fresh noise
     ratio = np.asarray(c[0]) / np.where(np.asarray(a1[0]) == 0, 1, np.asarray(a1[0]))
     assert not np.allclose(ratio, 1.5)
