@@ -153,9 +153,13 @@ def mx_kernel(xb, elem: ElementFormat, rule: str, rounding: str, key, bax: int):
 
 
 def _div(a, b):
-    """IEEE a / b. XLA rewrites a / constant and a / broadcast(b) as a · (1/b), which is not
-    correctly rounded; an optimization barrier on the (broadcast) divisor keeps the true division."""
-    return a / lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(b, jnp.float32), jnp.shape(a)))
+    """IEEE a / b for a divisor b that is a constant or broadcast.
+
+    XLA rewrites a / constant and a / broadcast(b) as a · (1/b), which is not correctly rounded. A
+    divisor that depends on a elementwise (1 where a is NaN, where the quotient is NaN anyway) is
+    neither, so the true division stays, also under vmap (an optimization barrier does not).
+    """
+    return a / jnp.where(jnp.isnan(a), np.float32(1), jnp.asarray(b, jnp.float32))
 
 
 def _tensor_amax(absb):

@@ -44,6 +44,18 @@ def test_shapes_dtypes_and_pytree(name):
     np.testing.assert_array_equal(out, numerics.fake_quantize(x, name, axis=1))
 
 
+@pytest.mark.parametrize("name", ["mxfp6_e2m3", "nvfp4", "fp8_e4m3"])
+def test_vmap_matches_per_example_calls(name):
+    """Tensor scales are per example under vmap, and their exact divisions survive batching."""
+    x = _normal((3, 5, 40)) * np.float32(3.7)
+    q = jax.vmap(lambda c: numerics.quantize(c, name))(x)
+    out = jax.vmap(numerics.dequantize)(q)
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], numerics.fake_quantize(x[i], name))
+        if q.tensor_scale is not None:
+            assert q.tensor_scale[i] == numerics.quantize(x[i], name).tensor_scale
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_narrow_input_dtypes_are_converted_exactly(dtype):
     x = jnp.asarray(_normal((4, 64)), dtype)
