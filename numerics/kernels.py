@@ -59,13 +59,16 @@ def _pow2(e):
     return _f32((e + 127) << 23)
 
 
-def mul_pow2(x, e):
+def mul_pow2(x, e, nan=None):
     """x · 2^e for integer e in [−252, 254], exact whenever the result is a normal float32.
 
-    The two factors have the sign of e, so the intermediate lies between x and the result.
+    The two factors have the sign of e, so the intermediate lies between x and the result. Where the
+    optional mask `nan` (broadcast like e) is true the result is NaN (the factor carries the NaN, so
+    the per-element work has no extra select).
     """
     e1 = e >> 1
-    return (x * _pow2(e1)) * _pow2(e - e1)
+    f1 = _pow2(e1) if nan is None else jnp.where(nan, np.float32(np.nan), _pow2(e1))
+    return (x * f1) * _pow2(e - e1)
 
 
 def flush_subnormals(x):

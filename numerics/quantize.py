@@ -120,8 +120,7 @@ def _quantize_parts(x, key, fmt: BlockFormat, axis: int, rule, rounding: str, fa
     if fake:
         if elem.ebits == 0:
             r = jnp.where(r == 0, np.float32(0), r)  # INT8 has no −0 (and XLA folds r + 0 to r)
-        out = K.mul_pow2(r, s)
-        return K.from_blocks(jnp.where(nonfinite, np.float32(np.nan), out), axis, n)
+        return K.from_blocks(K.mul_pow2(r, s, nan=nonfinite), axis, n)
     codes = K.encode(jnp.where(nonfinite, np.float32(0), r), elem)
     scales = jnp.where(nonfinite, 255, s + 127).astype(jnp.uint8)
     return codes.reshape(_padded(x.shape, axis, xb)), jnp.squeeze(scales, axis + 1), None
@@ -178,7 +177,7 @@ def _dequantize(codes, scales, tensor_scale, fmt: BlockFormat, axis: int, shape)
         out = jnp.where(jnp.isnan(s_b), np.float32(np.nan), out)
     else:
         e = jnp.expand_dims(scales.astype(jnp.int32), axis + 1)
-        out = jnp.where(e == 255, np.float32(np.nan), K.mul_pow2(vb, e - 127))
+        out = K.mul_pow2(vb, e - 127, nan=e == 255)
     return K.from_blocks(out, axis, n).reshape(shape)
 
 
