@@ -150,13 +150,18 @@ def policy_for(weights: str = "fp32", activations: str = "fp32", gradients: str 
                        grad_rounding=grad_rounding, seed=seed)
 
 
+@functools.lru_cache(maxsize=None)
+def _init_fn(spec: ModelSpec):
+    return jax.jit(lambda key: nnx.state(Transformer(spec, rngs=nnx.Rngs(key)), nnx.Param))
+
+
 def init_params(spec: ModelSpec, seed: int) -> nnx.State:
-    """Initial parameters of the model (independent of the policy) for `seed`."""
-    return nnx.state(Transformer(spec, rngs=nnx.Rngs(seed)), nnx.Param)
+    """Initial parameters of the model (independent of the policy) for `seed`; one compile per spec."""
+    return _init_fn(spec)(jax.random.key(seed))
 
 
 def _loss_fn(spec: ModelSpec, policy: QuantPolicy | None):
-    graphdef = nnx.graphdef(Transformer(spec, rngs=nnx.Rngs(0), policy=policy))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(spec, rngs=nnx.Rngs(0), policy=policy)))
 
     def loss(params, windows):  # windows int32 [B, T + 1] -> mean next-byte cross-entropy (nats)
         logits = nnx.merge(graphdef, params)(windows[:, :-1])
@@ -171,57 +176,72 @@ def eval_fn(spec: ModelSpec, policy: QuantPolicy | None):
     return jax.jit(lambda params, windows: lax.map(lambda w: loss(params, w), windows).mean())
 
 
+def adamw(weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
+    """AdamW without its learning rate (applied per step by `train`): u = −lr·(adam(clip(g)) + wd·w).
+
+    Global-norm clipping, Adam with β = (0.9, 0.95), decoupled weight decay on matrices only (not on
+    the norm scales): `optax.adamw` with the learning-rate scaling left out, so that one compiled step
+    serves every schedule (pretraining and finetuning).
+    """
+    mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.scale_by_adam(b1=0.9, b2=0.95),
+                       optax.add_decayed_weights(weight_decay, mask))
+
+
+def lr_schedule(lr: float, steps: int, warmup_steps: int = 0, constant: bool = False) -> np.ndarray:
+    """Learning rate per step [steps]: linear warm-up from 0, cosine decay to lr/10 (or constant)."""
+    if constant:
+        return np.full(steps, lr, np.float32)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps, lr / 10)
+    return np.asarray(jax.vmap(schedule)(np.arange(steps)), np.float32)
+
+
 @functools.lru_cache(maxsize=None)
-def train_fn(spec: ModelSpec, policy: QuantPolicy | None, tx: optax.GradientTransformation):
-    """Jitted train_chunk(params, opt_state, batches [n, B, T + 1], val [m, B, T + 1]).
+def train_fn(spec: ModelSpec, policy: QuantPolicy | None, weight_decay: float, grad_clip: float):
+    """Jitted train_chunk(params, opt_state, batches [n, B, T + 1], lrs [n], val [m, B, T + 1]).
 
     Runs n AdamW steps in one `lax.scan`, then evaluates on `val`; returns (params, opt_state,
-    training losses [n], validation loss). Cached per (spec, policy, tx), so equal policies compile once.
+    training losses [n], validation loss). Cached per (spec, policy, weight_decay, grad_clip): equal
+    policies compile once, whatever the seed, data or schedule.
     """
-    loss = _loss_fn(spec, policy)
+    loss, tx = _loss_fn(spec, policy), adamw(weight_decay, grad_clip)
 
     @jax.jit
-    def train_chunk(params, opt_state, batches, val):
-        def step(carry, windows):
-            params, opt_state = carry
+    def train_chunk(params, opt_state, batches, lrs, val):
+        def step(carry, xs):
+            (params, opt_state), (windows, lr) = carry, xs
             value, grads = jax.value_and_grad(loss)(params, windows)
             updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), value
-        (params, opt_state), losses = lax.scan(step, (params, opt_state), batches)
+            params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
+            return (params, opt_state), value
+        (params, opt_state), losses = lax.scan(step, (params, opt_state), (batches, lrs))
         return params, opt_state, losses, lax.map(lambda w: loss(params, w), val).mean()
 
     return train_chunk
 
 
-def optimizer(lr: float, steps: int, warmup_steps: int, weight_decay: float, grad_clip: float,
-              constant: bool = False) -> optax.GradientTransformation:
-    """AdamW (β = 0.9, 0.95) with clipping; warm-up + cosine decay to lr/10 unless `constant`."""
-    schedule = lr if constant else optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps, lr / 10)
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # no decay on norm scales
-    return optax.chain(optax.clip_by_global_norm(grad_clip),
-                       optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=weight_decay, mask=decay_mask))
+def train(spec: ModelSpec, policy: QuantPolicy | None, params, batches: np.ndarray, lrs: np.ndarray,
+          val: np.ndarray, eval_every: int, weight_decay: float, grad_clip: float):
+    """Train from `params` over `batches` [steps, B, T + 1] with learning rates `lrs` [steps].
 
-
-def train(spec: ModelSpec, policy: QuantPolicy | None, params, tx, batches: np.ndarray, val: np.ndarray,
-          eval_every: int) -> tuple[nnx.State, list[list[float]]]:
-    """Train from `params` over `batches` [steps, B, T + 1], validating every `eval_every` steps.
+    Validates every `eval_every` steps under the same policy.
 
     Returns:
-      (final params, curve rows [step, mean training loss of the last eval_every steps, validation
-      loss]), both losses under `policy`.
+      (final params, curve rows [step, mean training loss of the last eval_every steps, validation loss]).
 
     Raises:
       FloatingPointError: the training loss became NaN/Inf (the step is named).
     """
-    train_chunk = train_fn(spec, policy, tx)
-    opt_state = tx.init(params)
+    train_chunk = train_fn(spec, policy, weight_decay, grad_clip)
+    opt_state = adamw(weight_decay, grad_clip).init(params)
     curve = []
     for start in range(0, len(batches), eval_every):
-        params, opt_state, losses, val_loss = train_chunk(params, opt_state, batches[start:start + eval_every], val)
+        stop = start + eval_every
+        params, opt_state, losses, val_loss = train_chunk(params, opt_state, batches[start:stop], lrs[start:stop], val)
         losses = np.asarray(losses)
         if not np.isfinite(losses).all():
             raise FloatingPointError(f"non-finite training loss at step {start + int(np.argmin(np.isfinite(losses)))}")
-        curve.append([start + eval_every, float(losses.mean()), float(val_loss)])
+        curve.append([stop, float(losses.mean()), float(val_loss)])
     return params, curve
 
 
@@ -264,12 +284,13 @@ def _val_batches(data: np.ndarray, config: Config) -> np.ndarray:
     return windows[:n].reshape(-1, config.batch_size, config.seq_len + 1)
 
 
-def _train_runs(config, out, data, val, tx):
+def _train_runs(config, out, data, val):
     """Study 3 (and the FP32 runs): every (policy, gradient rounding, seed), FP32 first."""
     seeds = range(config.seed, config.seed + config.n_seeds)
     items = [("fp32", "even", s) for s in seeds]
     items += [(p, r, s) for s in seeds for p in config.train_policies for r in config.grad_roundings]
     tokens = config.steps * config.batch_size * config.seq_len
+    lrs = lr_schedule(config.lr, config.steps, config.warmup_steps)
 
     def work(chunk):
         rows = []
@@ -281,8 +302,8 @@ def _train_runs(config, out, data, val, tx):
             batches = corpus_lib.sample_batches(data.train, config.steps, config.batch_size, config.seq_len, seed)
             start = time.perf_counter()
             try:
-                params, curve = train(config.spec, policy, init_params(config.spec, seed), tx, batches, val,
-                                      config.eval_every)
+                params, curve = train(config.spec, policy, init_params(config.spec, seed), batches, lrs, val,
+                                      config.eval_every, config.weight_decay, config.grad_clip)
                 loss, diverged = curve[-1][2], None
             except FloatingPointError as e:
                 curve, loss, diverged = [], None, str(e)
@@ -325,7 +346,7 @@ def _direct_cast(config, out, ref, val):
 
 def _qat(config, out, data, ref, val):
     """Study 2: finetune the FP32 model with weights and activations in each format (and FP32 itself)."""
-    tx = optimizer(config.qat_lr, config.qat_steps, 0, config.weight_decay, config.grad_clip, constant=True)
+    lrs = lr_schedule(config.qat_lr, config.qat_steps, constant=True)
     batches = corpus_lib.sample_batches(data.train, config.qat_steps, config.batch_size, config.seq_len,
                                         config.seed + 7919)  # a data order the pretraining did not use
 
@@ -335,7 +356,8 @@ def _qat(config, out, data, ref, val):
             rule = "floor" if get_format(fmt).kind == "mx" else None  # the OCP rule, as in the direct cast
             policy = None if fmt == "fp32" else policy_for(fmt, fmt, scale_rule=rule)
             before = float(eval_fn(config.spec, policy)(ref, val))
-            _, curve = train(config.spec, policy, ref, tx, batches, val, config.eval_every)
+            _, curve = train(config.spec, policy, ref, batches, lrs, val, config.eval_every, config.weight_decay,
+                             config.grad_clip)
             rows.append({"format": fmt, "before": before, "after": curve[-1][2], "curve": [[0, None, before], *curve]})
         return rows
 
@@ -518,10 +540,9 @@ def run(config: Config, out: ResultsDir) -> dict:
     data = corpus_lib.load_corpus(config.corpus)
     out.write_json("corpus.json", data.describe())
     val = _val_batches(data.val, config)
-    tx = optimizer(config.lr, config.steps, config.warmup_steps, config.weight_decay, config.grad_clip)
     n_params = sum(int(x.size) for x in jax.tree.leaves(init_params(config.spec, config.seed)))
 
-    runs = _train_runs(config, out, data, val, tx)
+    runs = _train_runs(config, out, data, val)
     ref = load_params(out.file("fp32_params.npz"), init_params(config.spec, config.seed))
     dc = _direct_cast(config, out, ref, val)
     qat = _qat(config, out, data, ref, val) if config.qat_formats else []

@@ -33,9 +33,12 @@ def _flat(tree):
 def test_fp32_policy_matches_unquantized_model_bit_for_bit(setup):
     params, windows, (loss0, grads0) = setup
     tokens = windows[:, :-1]
-    plain = nnx.merge(nnx.graphdef(Transformer(SPEC, rngs=nnx.Rngs(1))), params)
-    quant = nnx.merge(nnx.graphdef(Transformer(SPEC, rngs=nnx.Rngs(1), policy=QuantPolicy())), params)
-    np.testing.assert_array_equal(np.asarray(plain(tokens)), np.asarray(quant(tokens)))
+
+    def logits(policy):
+        graphdef = nnx.graphdef(Transformer(SPEC, rngs=nnx.Rngs(1), policy=policy))
+        return jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))(params, tokens)
+
+    np.testing.assert_array_equal(np.asarray(logits(None)), np.asarray(logits(QuantPolicy())))
     loss1, grads1 = jax.jit(jax.value_and_grad(mx._loss_fn(SPEC, QuantPolicy())))(params, windows)
     assert loss1 == loss0
     np.testing.assert_array_equal(np.asarray(_flat(grads1)), np.asarray(_flat(grads0)))
@@ -54,20 +57,18 @@ def test_weight_policy_equals_fp32_model_on_cast_weights(setup):
 
 def test_mx_training_step_gives_finite_gradients_that_differ_from_fp32(setup):
     params, windows, (loss0, grads0) = setup
-    g0 = _flat(grads0)
-    grads = {}
-    for name, rounding in [("mxfp6_e3m2", "even"), ("mxfp6_e3m2", "stochastic")]:
-        policy = mx.policy_for(*mx.POLICIES[name], grad_rounding=rounding)
-        loss, g = jax.jit(jax.value_and_grad(mx._loss_fn(SPEC, policy)))(params, windows)
-        g = _flat(g)
-        assert bool(jnp.isfinite(g).all()) and math.isfinite(float(loss))
-        assert float(jnp.max(jnp.abs(g - g0))) > 0 and loss != loss0
-        # an MX gradient still points the same way as FP32's
-        assert float(jnp.vdot(g, g0)) > 0.5 * float(jnp.linalg.norm(g) * jnp.linalg.norm(g0))
-        grads[name, rounding] = (loss, g)
-    (l_even, g_even), (l_sr, g_sr) = grads["mxfp6_e3m2", "even"], grads["mxfp6_e3m2", "stochastic"]
-    assert l_even == l_sr  # gradient rounding does not touch the forward pass
-    assert not bool(jnp.array_equal(g_even, g_sr))
+    policy = mx.policy_for(*mx.POLICIES["mxfp6_e3m2"])
+    loss, grads = jax.jit(jax.value_and_grad(mx._loss_fn(SPEC, policy)))(params, windows)
+    g, g0 = _flat(grads), _flat(grads0)
+    assert bool(jnp.isfinite(g).all()) and math.isfinite(float(loss))
+    assert loss != loss0 and float(jnp.max(jnp.abs(g - g0))) > 0
+    # the MX gradient still points the way FP32's does (cosine > 0.5)
+    assert float(jnp.vdot(g, g0)) > 0.5 * float(jnp.linalg.norm(g) * jnp.linalg.norm(g0))
+    # one AdamW step of the study's optimizer: finite, non-zero updates
+    tx = mx.adamw(weight_decay=0.1, grad_clip=1.0)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    u = _flat(updates)
+    assert bool(jnp.isfinite(u).all()) and float(jnp.max(jnp.abs(u))) > 0
 
 
 def test_mean_ci_against_t_table():
