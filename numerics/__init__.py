@@ -4,6 +4,8 @@ from .dot import mx_dot_general as mx_dot_general
 from .einsum import mx_einsum as mx_einsum
 from .formats import FORMAT_NAMES as FORMAT_NAMES
 from .formats import FORMATS as FORMATS
+from .formats import ROUNDINGS as ROUNDINGS
+from .formats import SCALE_RULES as SCALE_RULES
 from .formats import BlockFormat as BlockFormat
 from .formats import ElementFormat as ElementFormat
 from .formats import ScaleFormat as ScaleFormat

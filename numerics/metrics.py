@@ -51,7 +51,7 @@ def sqnr_db(reference, approx) -> jax.Array:
 
 
 def relative_l2_error(reference, approx) -> jax.Array:
-    """‖x − x̂‖₂ / ‖x‖₂ (NaN when the reference is all zeros and x̂ is too; +inf when only x is).
+    """‖x − x̂‖₂ / ‖x‖₂ (+inf for an all-zero reference and a non-zero x̂; NaN when both are zero).
 
     Args:
       reference: x.

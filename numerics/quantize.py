@@ -7,8 +7,10 @@ Semantics (OCP MX v1.0 §6.3 for the MX formats; details and the FTZ note in `nu
   saturates), exponent clamped to [−127, 127]; elements V/X rounded (ties to even by default) and
   saturated to ±max_normal. A block with NaN or ±Inf has scale 0xFF and dequantizes to all-NaN; an
   all-zero block gives zeros. f32 subnormal inputs count as zero.
-* NVFP4: E2M1 elements in blocks of 16 with an E4M3 block scale and an FP32 tensor scale.
-* fp8_e4m3: one FP32 scale amax/448 per tensor. bf16: a cast. fp32: the identity.
+* NVFP4: E2M1 elements in blocks of 16 with an E4M3 block scale s_b = E4M3(amax_b / 6 / s_t) and an
+  FP32 tensor scale s_t = amax / (6·448); elements x · fl(1 / (s_b·s_t)) rounded to E2M1.
+* fp8_e4m3: one FP32 scale s_t = amax / 448 per tensor; elements x · fl(1 / s_t) rounded to E4M3.
+  Both tensor scales are floored at 2^-126 (1 for an all-zero tensor). bf16: a RNE cast. fp32: identity.
 * Lengths that are not a multiple of the block size are zero-padded internally; results have the
   input's shape. Inputs are converted to float32 first (exact for bf16 and f16).
 
