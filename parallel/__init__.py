@@ -28,8 +28,6 @@ from .mesh import make_mesh as make_mesh
 from .model import Transformer as Transformer
 from .model import export_weights as export_weights
 from .model import sharded_decoder as sharded_decoder
-from .mx_study import MXStudyConfig as MXStudyConfig
-from .mx_study import run as run_mx_study
 from .payload import payload_bytes as payload_bytes
 from .weights import LayerWeights as LayerWeights
 from .weights import ModelWeights as ModelWeights

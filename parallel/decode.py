@@ -14,6 +14,7 @@ vocab). The KV caches live sharded on the mesh in round-robin storage order; kv_
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -54,8 +55,10 @@ class ShardedDecoder:
       tokens_per_block: round-robin KV block (paper §2.3).
       microbatches: HOP-B micro-batches.
       policy: optional numerics QuantPolicy. Weights are stored quantized per `policy.weights` (along
-        their contraction axis) and projections run through `policy.dot_general`; new KV rows are
-        stored per `policy.kv_cache` along head_dim; the all-to-all payload per `policy.communication`.
+        their contraction axis, global tensor scales), projections quantize their activations per
+        `policy.activations`, new KV rows are stored per `policy.kv_cache` along head_dim, and the
+        all-to-all payload is sent per `policy.communication`. Embedding, norms, router and attention
+        scores stay FP32, as in `parallel.model.Transformer`.
 
     Raises:
       ValueError: a layout the model cannot use (Layout.check_model) or shapes the mesh does not divide.
@@ -65,13 +68,16 @@ class ShardedDecoder:
                  tokens_per_block: int = TOKENS_PER_BLOCK, microbatches: int = 1, policy=None):
         self.lm: LayoutMesh = as_layout_mesh(mesh)
         self.spec, self.batch, self.max_seq = spec, batch, max_seq
-        self.plan = make_plan(spec, self.lm, batch=batch, seq=max_seq, tokens_per_block=tokens_per_block,
-                              microbatches=microbatches, policy=policy)
         if len(weights.layers) != spec.n_layers:
             raise ValueError(f"weights have {len(weights.layers)} layers, spec.n_layers={spec.n_layers}")
-        w = weights._replace(layers=tuple(place_layer_weights(layer, self.plan) for layer in weights.layers))
         if policy is not None and policy.weights != "fp32":
-            w = _quantize_weights(w, policy)
+            # Stored quantized once, on the global arrays (global tensor scales), so the projections
+            # then only quantize their activations.
+            weights = _quantize_weights(weights, policy)
+            policy = dataclasses.replace(policy, weights="fp32")
+        self.plan = make_plan(spec, self.lm, batch=batch, seq=max_seq, tokens_per_block=tokens_per_block,
+                              microbatches=microbatches, policy=policy)
+        w = weights._replace(layers=tuple(place_layer_weights(layer, self.plan) for layer in weights.layers))
         self.specs = model_specs(w, self.lm)
         self.weights = jax.device_put(w, jax.tree.map(lambda s: NamedSharding(self.lm.mesh, s), self.specs))
         self._step = jax.jit(self._step_impl)

@@ -208,7 +208,7 @@ class Transformer(nnx.Module):
     """
 
     def __init__(self, spec: ModelSpec, *, rngs: nnx.Rngs, policy: QuantPolicy | None = None):
-        self.spec = spec
+        self.spec, self.policy = spec, policy
         dot_general: Any = lax.dot_general if policy is None else policy.dot_general
         self.embed = nnx.Embed(spec.vocab, spec.hidden, rngs=rngs)
         self.layers = nnx.List([Block(spec, i, dot_general, rngs) for i in range(spec.n_layers)])
@@ -239,7 +239,12 @@ def export_weights(model: Transformer) -> ModelWeights:
 
 
 def sharded_decoder(model: Transformer, mesh, **kwargs):
-    """A `parallel.decode.ShardedDecoder` holding this model's parameters on `mesh` (kwargs pass on)."""
+    """A `parallel.decode.ShardedDecoder` holding this model's parameters on `mesh`.
+
+    kwargs pass on (batch, max_seq, tokens_per_block, microbatches, policy); the policy defaults to
+    the model's own, so an MX model decodes with MX weights and activations.
+    """
     from .decode import ShardedDecoder  # the decoder imports the sharded kernels; keep the model light
 
+    kwargs.setdefault("policy", model.policy)
     return ShardedDecoder(export_weights(model), model.spec, mesh, **kwargs)

@@ -158,9 +158,9 @@ def test_kv_append_decode_loop_stays_exact(assert_close):
 
 def test_kv_append_writes_one_rank():
     lm = make_mesh(4, 2)
-    cache = np.zeros((B, 128, 8, D), np.float32)
-    new = np.ones((B, 8, D), np.float32)
-    out = kv_append(cache, new, np.array([0, 16, 47, 127], np.int32), mesh=lm)
+    cache = np.zeros((B, 128, 2, 4), np.float32)
+    new = np.ones((B, 2, 4), np.float32)
+    out = jax.jit(lambda c, x, n: kv_append(c, x, n, mesh=lm))(cache, new, np.array([0, 16, 47, 127], np.int32))
     written = np.argwhere(np.asarray(out[:, :, 0, 0]) == 1.0).tolist()
     # token 0 -> rank 0 slot 0; 16 -> rank 1 slot 0 (storage 32); 47 -> rank 2 slot 15 (storage 79);
     # 127 -> block 7 -> rank 3, local slot 16 + 15 (storage 96 + 31 = 127)

@@ -20,7 +20,6 @@ CASES = {
     "helix-dense-4x2-hopb": ("gqa", Layout(kvp=4, tpa=2, tpf=8, batch=B, microbatches=2)),
     "helix-moe-4x2-tpf2-ep4": ("moe", Layout(kvp=4, tpa=2, tpf=2, ep=4, batch=B)),
     "helix-mla-8x1": ("mla", Layout(kvp=8, tpa=1, tpf=8, batch=B)),
-    "helix-gqa2kv-4x2": ("gqa2", Layout(kvp=4, tpa=2, tpf=8, batch=B)),
     "baseline-tp8-kv-duplication": ("gqa2", Layout(kvp=1, tpa=8, tpf=8, batch=B)),
     "baseline-dp-attention-ep8": ("moe", Layout(dp_attn=8, ep=8, tpf=1, batch=B)),
     "baseline-dp2-helix-2x2": ("mla", Layout(dp_attn=2, kvp=4, tpa=1, tpf=8, batch=B)),
