@@ -37,9 +37,10 @@ def test_shapes_dtypes_and_pytree(name):
     assert (q.tensor_scale is not None) == fmt.tensor_scale
     leaves, tree = jax.tree_util.tree_flatten(q)
     assert all(isinstance(leaf, jax.Array) for leaf in leaves)
-    q2 = jax.jit(lambda v: numerics.quantize(v, name, axis=1))(x)  # a QuantizedArray crosses jit
-    assert jax.tree_util.tree_structure(q2) == tree
-    out = numerics.dequantize(q2)
+    if name in ("mxfp6_e3m2", "nvfp4", "fp8_e4m3"):  # a QuantizedArray crosses jit (one per kind)
+        q = jax.jit(lambda v: numerics.quantize(v, name, axis=1))(x)
+        assert jax.tree_util.tree_structure(q) == tree
+    out = numerics.dequantize(q)
     assert out.shape == x.shape and out.dtype == jnp.float32
     np.testing.assert_array_equal(out, numerics.fake_quantize(x, name, axis=1))
 
