@@ -88,7 +88,7 @@ import optax
 
 from . import ops
 from .efficiency import EfficiencyParams, datasheet_params
-from .serving import colocated, kv_cache_bytes, pareto_front, pareto_mask, replica_gpus
+from .serving import colocated, kv_cache_bytes, pareto_front, replica_gpus
 from .specs import HardwareSpec, ModelSpec, Workload, format_bits
 from .step import LayoutArrays, decode_step, fits, max1_relaxed, pipeline_microbatches, prefill_step, round_up
 from .sweep import enumerate_layouts, evaluate
@@ -400,12 +400,12 @@ def phase_layouts(case: Case, phase: str, batches=None):
 
 
 class PhaseTable(NamedTuple):
-    """Every layout of one pool with its metrics (numpy) and SLA feasibility."""
+    """Every layout of one pool with its metrics (numpy); they do not depend on the SLA, so one
+    table serves every TTFT and TTL limit of the same model, hardware, space, ISL and OSL."""
 
     lay: LayoutArrays
     family: np.ndarray
     metrics: PhaseMetrics
-    feasible: np.ndarray
 
 
 def phase_tables(case: Case, *, progress: bool = False, chunk: int = 1 << 16, block: int = 1 << 12,
@@ -423,8 +423,7 @@ def phase_tables(case: Case, *, progress: bool = False, chunk: int = 1 << 16, bl
         lay, fam = phase_layouts(case, phase)
         fn = functools.partial(_table_fn, case.model, case.hw, params, phase, float(w.isl), float(w.osl))
         r = evaluate(fn, lay, chunk=chunk, block=block, progress=progress, desc=f"{phase} ({len(fam):,})")
-        m = PhaseMetrics(**r)
-        out[phase] = PhaseTable(lay, fam, m, np.asarray(_feasible(m, w)))
+        out[phase] = PhaseTable(lay, fam, PhaseMetrics(**r))
     return out
 
 
@@ -450,9 +449,9 @@ def _infeasible_message(case: Case, tables: dict[str, PhaseTable]) -> str:
             f"within {case.space.max_gpus} GPUs per replica: " + "; ".join(parts))
 
 
-def _best_per_size(t: PhaseTable):
+def _best_per_size(t: PhaseTable, workload: Workload):
     """Index of the best feasible layout (max requests/s/GPU) of each replica size."""
-    idx = np.flatnonzero(t.feasible)
+    idx = np.flatnonzero(_feasible(t.metrics, workload))
     g = np.asarray(t.metrics.gpus)[idx]
     out = {}
     for size in np.unique(g):
@@ -467,7 +466,8 @@ def exhaustive_search(case: Case, *, progress: bool = False, tables: dict | None
     Args:
       case: the problem.
       progress: tqdm bars over the chunks.
-      tables: precomputed `phase_tables(case)` (their evaluations are still counted).
+      tables: precomputed `phase_tables(case)` of the same ISL and OSL (any SLA); their
+        evaluations are still counted.
 
     Returns:
       `SearchResult` with the best design under the SLA and the frontier of tokens/s/GPU against
@@ -485,7 +485,7 @@ def exhaustive_search(case: Case, *, progress: bool = False, tables: dict | None
     if "colocated" in tables:
         t = tables["colocated"]
         m = t.metrics
-        ok = t.feasible & (m.gpus <= G)
+        ok = _feasible(m, w) & (m.gpus <= G)
         if ok.any():
             i = int(np.argmax(np.where(ok, m.rate_per_gpu, -np.inf)))
             cands.append(_design_colocated(t.lay, t.family, m, i, osl))
@@ -494,12 +494,12 @@ def exhaustive_search(case: Case, *, progress: bool = False, tables: dict | None
         fy.append(m.rate_per_gpu[front] * osl)
     if "prefill" in tables:
         tp, td = tables["prefill"], tables["decode"]
-        bp = _best_per_size(tp)
+        bp = _best_per_size(tp, w)
         if bp:
             ip = np.asarray(list(bp.values()))
             gp = np.asarray(tp.metrics.gpus)[ip]
             rp = np.asarray(tp.metrics.rate_per_gpu)[ip] * gp
-            bd = _best_per_size(td)
+            bd = _best_per_size(td, w)
             if bd:
                 jd = np.asarray(list(bd.values()))
                 gd = np.asarray(td.metrics.gpus)[jd]
@@ -523,17 +523,27 @@ def exhaustive_search(case: Case, *, progress: bool = False, tables: dict | None
                         {"evaluations": {p: len(t.family) for p, t in tables.items()}})
 
 
+def _grouped_front(x, y, group, valid):
+    """Indices of the points on the (x, y) Pareto frontier (both maximized) of their group."""
+    idx = np.flatnonzero(valid)
+    order = np.lexsort((-y[idx], -x[idx], group[idx]))  # by group, then x descending, y descending
+    i, gr, ys = idx[order], group[idx][order], y[idx][order]
+    start = np.r_[True, gr[1:] != gr[:-1]]
+    best = np.full(len(i), -np.inf)
+    run = -np.inf
+    for k in range(len(i)):  # running max of y within each group
+        run = -np.inf if start[k] else run
+        best[k] = run
+        run = max(run, ys[k])
+    return i[ys > best]
+
+
 def _disaggregated_frontier(td: PhaseTable, ip, gp, rp, osl, G):
     """(tokens/s/user, tokens/s/GPU) of the best system around every decode layout on the
     frontier (1/TTL, requests/s/GPU) of its replica size (given the size, the system value rises
     with the decode rate, so no other decode layout can be on the system frontier)."""
     m = td.metrics
-    ok = m.mem_ratio <= 1.0
-    keep = np.zeros(len(ok), bool)
-    for size in np.unique(m.gpus[ok]):
-        sel = ok & (m.gpus == size)
-        keep |= np.asarray(pareto_mask(jnp.asarray(1.0 / m.ttl_s), jnp.asarray(m.rate_per_gpu), jnp.asarray(sel)))
-    j = np.flatnonzero(keep)
+    j = _grouped_front(1.0 / m.ttl_s, m.rate_per_gpu, m.gpus, m.mem_ratio <= 1.0)
     if not len(j) or not len(ip):
         return np.zeros(0), np.zeros(0)
     gd = m.gpus[j]
@@ -728,6 +738,9 @@ def _relaxed_u(model: ModelSpec, space: SearchSpace, phase: str):
 
 # ------------------------------------------------------------------- discrete rounding and polish
 
+_POINT_BLOCK = 64
+
+
 @functools.lru_cache(maxsize=64)
 def _point_fn(model: ModelSpec, hw: HardwareSpec, phase: str):
     return jax.jit(lambda params, cols, isl, osl: phase_metrics(model, hw, params, phase, LayoutArrays(*cols),
@@ -791,14 +804,13 @@ class _Pool:
         """Metrics (ttft, ttl, rate/GPU, gpus, mem ratio) of (structure, batch index) points."""
         rows = [self.row(si, bi) for si, bi in points]
         todo = sorted({r for r in rows if r not in self.cache})
-        if todo:
-            n = len(todo)
-            size = max(64, 1 << (n - 1).bit_length())
-            arr = np.asarray(todo + [todo[-1]] * (size - n), np.float32).T
-            w = self.case.workload
+        w = self.case.workload
+        for s in range(0, len(todo), _POINT_BLOCK):  # fixed-size blocks: one compilation per pool
+            part = todo[s:s + _POINT_BLOCK]
+            arr = np.asarray(part + [part[-1]] * (_POINT_BLOCK - len(part)), np.float32).T
             out = self.fn(self.case.efficiency, tuple(arr), float(w.isl), float(w.osl))
-            out = np.stack([np.asarray(x, np.float64) for x in out], 1)[:n]
-            self.cache.update(zip(todo, map(tuple, out)))
+            out = np.stack([np.asarray(x, np.float64) for x in out], 1)[:len(part)]
+            self.cache.update(zip(part, map(tuple, out)))
         return [self.cache[r] for r in rows]
 
     def feasible(self, met) -> bool:
@@ -952,6 +964,38 @@ def _polish(case: Case, pools: dict, inc: dict, window: int, max_rounds: int):
     return inc
 
 
+def _violation(pool: _Pool, met) -> float:
+    """Largest relative violation (log2) of memory, TTFT and TTL; ≤ 0 when feasible."""
+    w = pool.case.workload
+    ttft, ttl, _, _, mem = met
+    return max(math.log2(max(mem, 1e-30)), math.log2(max(ttft, 1e-30) / w.ttft_limit_s),
+               math.log2(max(ttl, 1e-30) / w.ttl_limit_s))
+
+
+def _restore_feasibility(pool: _Pool, structs: list, max_rounds: int = 16):
+    """When no rounded start is feasible: descend on the violation at each structure's smallest
+    batch (where memory, TTFT and TTL are least) over neighbours within L1 distance 2."""
+    viol = lambda ss: [_violation(pool, m) for m in pool.evaluate([(s, pool.min_batch_index(s)) for s in ss])]  # noqa: E731
+    structs = [s for s in structs if pool.min_batch_index(s) < len(pool.grid)]
+    if not structs:
+        return None
+    v0 = viol(structs)
+    for k in np.argsort(v0):  # descend from every rounded start, least violated first
+        cur, best = structs[k], v0[k]
+        for _ in range(max_rounds):
+            if best <= 0:
+                return cur
+            neigh = [int(s) for s in np.flatnonzero((pool.l1[cur] <= 2) & (pool.l1[cur] > 0))
+                     if pool.min_batch_index(int(s)) < len(pool.grid)]
+            v = viol(neigh) if neigh else [np.inf]
+            if min(v) >= best:
+                break
+            cur, best = neigh[int(np.argmin(v))], min(v)
+        if best <= 0:
+            return cur
+    return None
+
+
 def _arm_candidates(case: Case, arm: str, pools: dict, theta: np.ndarray, extra: dict, window: int):
     """Snap every start, find each distinct structure's best batch, pick the best combination."""
     isl = float(case.workload.isl)
@@ -966,6 +1010,9 @@ def _arm_candidates(case: Case, arm: str, pools: dict, theta: np.ndarray, extra:
             guesses.setdefault(s, b)
         rate = lambda si, met: met[2]  # noqa: E731  fluid requests/s/GPU: the pool-size-free ranking
         found[phase] = _best_batches(pool, guesses, rate, window)
+        if not found[phase]:
+            si = _restore_feasibility(pool, list(guesses))
+            found[phase] = {} if si is None else _best_batches(pool, {si: pool.min_batch_index(si)}, rate, window)
         if not found[phase]:
             return None
     if arm == "colocated":
