@@ -194,9 +194,8 @@ def nvfp4_kernel(xb, rounding: str, key, bax: int):
     The element step multiplies by the block's encode scale fl(1/X_b), as GPU kernels do, instead of
     dividing every element (XLA would turn that division into the same product anyway).
     """
-    x = flush_subnormals(xb)
-    absb = _bits(x) & _ABS
-    amax_b = jnp.max(absb, axis=bax, keepdims=True)
+    amax_b = jnp.max(_bits(xb) & _ABS, axis=bax, keepdims=True)
+    amax_b = jnp.where(amax_b <= _MANT, 0, amax_b)  # DAZ of the maximum = maximum after DAZ
     nonfinite = amax_b >= _EXP
     amax_t = _tensor_amax(amax_b)  # over the finite blocks: a single pass over x
     s_t = _tensor_scale(amax_t, E2M1.max_normal * _NVFP4_E4M3_MAX)
@@ -205,7 +204,7 @@ def nvfp4_kernel(xb, rounding: str, key, bax: int):
     x_b = s_b.astype(jnp.float32) * s_t  # the block's decode scale
     zero = x_b == 0  # zero block, or a block scale below E4M3's range (or flushed): all zeros
     enc = jnp.where(zero, np.float32(0), np.float32(1) / jnp.where(zero, np.float32(1), x_b))
-    return round_to_grid(x * enc, E2M1, rounding, key), (s_b, s_t, x_b), nonfinite
+    return round_to_grid(flush_subnormals(xb) * enc, E2M1, rounding, key), (s_b, s_t, x_b), nonfinite
 
 
 def per_tensor_kernel(x, elem: ElementFormat, rounding: str, key):
