@@ -408,8 +408,7 @@ class PhaseTable(NamedTuple):
     metrics: PhaseMetrics
 
 
-def phase_tables(case: Case, *, progress: bool = False, chunk: int = 1 << 16, block: int = 1 << 12,
-                 phases=None) -> dict[str, PhaseTable]:
+def phase_tables(case: Case, *, progress: bool = False, phases=None) -> dict[str, PhaseTable]:
     """Cost every discrete layout of the pools the case's modes need.
 
     Returns:
@@ -422,7 +421,7 @@ def phase_tables(case: Case, *, progress: bool = False, chunk: int = 1 << 16, bl
     for phase in phases:
         lay, fam = phase_layouts(case, phase)
         fn = functools.partial(_table_fn, case.model, case.hw, params, phase, float(w.isl), float(w.osl))
-        r = evaluate(fn, lay, chunk=chunk, block=block, progress=progress, desc=f"{phase} ({len(fam):,})")
+        r = evaluate(fn, lay, progress=progress, desc=f"{phase} ({len(fam):,})")
         out[phase] = PhaseTable(lay, fam, PhaseMetrics(**r))
     return out
 
@@ -449,7 +448,7 @@ def _infeasible_message(case: Case, tables: dict[str, PhaseTable]) -> str:
             f"within {case.space.max_gpus} GPUs per replica: " + "; ".join(parts))
 
 
-def _best_per_size(t: PhaseTable, workload: Workload):
+def best_per_size(t: PhaseTable, workload: Workload):
     """Index of the best feasible layout (max requests/s/GPU) of each replica size."""
     idx = np.flatnonzero(_feasible(t.metrics, workload))
     g = np.asarray(t.metrics.gpus)[idx]
@@ -494,12 +493,12 @@ def exhaustive_search(case: Case, *, progress: bool = False, tables: dict | None
         fy.append(m.rate_per_gpu[front] * osl)
     if "prefill" in tables:
         tp, td = tables["prefill"], tables["decode"]
-        bp = _best_per_size(tp, w)
+        bp = best_per_size(tp, w)
         if bp:
             ip = np.asarray(list(bp.values()))
             gp = np.asarray(tp.metrics.gpus)[ip]
             rp = np.asarray(tp.metrics.rate_per_gpu)[ip] * gp
-            bd = _best_per_size(td, w)
+            bd = best_per_size(td, w)
             if bd:
                 jd = np.asarray(list(bd.values()))
                 gd = np.asarray(td.metrics.gpus)[jd]
@@ -742,7 +741,8 @@ _POINT_BLOCK = 64
 
 
 @functools.lru_cache(maxsize=64)
-def _point_fn(model: ModelSpec, hw: HardwareSpec, phase: str):
+def pool_evaluator(model: ModelSpec, hw: HardwareSpec, phase: str):
+    """jit(f(params, columns of a LayoutArrays, isl, osl) -> PhaseMetrics), cached per pool kind."""
     return jax.jit(lambda params, cols, isl, osl: phase_metrics(model, hw, params, phase, LayoutArrays(*cols),
                                                                 isl, osl))
 
@@ -777,7 +777,7 @@ class _Pool:
         self.coords = np.concatenate([np.log2(rows[:, :6]), pos[rows[:, 6]][:, None]], 1)
         self.l1 = np.abs(self.lattice[:, None, :] - self.lattice[None, :, :]).sum(-1)
         self.bits = case.space.bits
-        self.fn = _point_fn(case.model, case.hw, phase)
+        self.fn = pool_evaluator(case.model, case.hw, phase)
         self.cache: dict[tuple, tuple] = {}
 
     def __len__(self):
