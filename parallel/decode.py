@@ -53,7 +53,7 @@ class ShardedDecoder:
       batch: sequences decoded together.
       max_seq: cache length per sequence.
       tokens_per_block: round-robin KV block (paper §2.3).
-      microbatches: HOP-B micro-batches.
+      microbatches: micro-batches; hopb: overlap their all-to-alls with the next one's attention.
       policy: optional numerics QuantPolicy. Weights are stored quantized per `policy.weights` (along
         their contraction axis, global tensor scales), projections quantize their activations per
         `policy.activations`, new KV rows are stored per `policy.kv_cache` along head_dim, and the
@@ -65,7 +65,8 @@ class ShardedDecoder:
     """
 
     def __init__(self, weights: ModelWeights, spec: ModelSpec, mesh, *, batch: int, max_seq: int,
-                 tokens_per_block: int = TOKENS_PER_BLOCK, microbatches: int = 1, policy=None):
+                 tokens_per_block: int = TOKENS_PER_BLOCK, microbatches: int = 1, hopb: bool = True,
+                 policy=None):
         self.lm: LayoutMesh = as_layout_mesh(mesh)
         self.spec, self.batch, self.max_seq = spec, batch, max_seq
         if len(weights.layers) != spec.n_layers:
@@ -76,10 +77,11 @@ class ShardedDecoder:
             weights = _quantize_weights(weights, policy)
             policy = dataclasses.replace(policy, weights="fp32")
         self.plan = make_plan(spec, self.lm, batch=batch, seq=max_seq, tokens_per_block=tokens_per_block,
-                              microbatches=microbatches, policy=policy)
+                              microbatches=microbatches, hopb=hopb, policy=policy)
         w = weights._replace(layers=tuple(place_layer_weights(layer, self.plan) for layer in weights.layers))
         self.specs = model_specs(w, self.lm)
         self.weights = jax.device_put(w, jax.tree.map(lambda s: NamedSharding(self.lm.mesh, s), self.specs))
+        self._cpu = self.lm.mesh.devices.flat[0].platform == "cpu"
         self._step = jax.jit(self._step_impl)
         self._teacher_forced = jax.jit(self._teacher_forced_impl)
 
@@ -96,10 +98,19 @@ class ShardedDecoder:
         """One decode step: tokens int32 [B] at position kv_len -> (logits [B, vocab], new state)."""
         if tokens.shape != (self.batch,):
             raise ValueError(f"tokens must be [batch={self.batch}], got {tokens.shape}")
-        return self._step(self.weights, state, tokens)
+        out = self._step(self.weights, state, tokens)
+        if self._cpu:
+            # XLA's CPU collectives block pool threads in a rendezvous: with several multi-device
+            # executions queued (a Python loop of steps), they can deadlock and abort after 40 s
+            # ("Termination timeout ... exceeded"). One execution in flight at a time avoids it.
+            jax.block_until_ready(out)
+        return out
 
     def teacher_forced(self, tokens: jax.Array) -> jax.Array:
-        """Feed tokens [B, T] one step at a time from an empty cache; logits [B, T, vocab]."""
+        """Feed tokens [B, T] one decode step at a time from an empty cache; logits [B, T, vocab].
+
+        The steps run inside one compiled `lax.scan` (one program, one dispatch).
+        """
         if tokens.ndim != 2 or tokens.shape[0] != self.batch:
             raise ValueError(f"tokens must be [batch={self.batch}, T], got {tokens.shape}")
         if tokens.shape[1] > self.max_seq:

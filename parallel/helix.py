@@ -86,7 +86,7 @@ def _slot_positions(local: int, rank: jax.Array, kvp: int, block: int) -> jax.Ar
     return ((j // block) * kvp + rank) * block + j % block
 
 
-def _append_local(cache: jax.Array, new: jax.Array, pos: jax.Array, rank: jax.Array, kvp: int, block: int):
+def append_local(cache: jax.Array, new: jax.Array, pos: jax.Array, rank: jax.Array, kvp: int, block: int):
     """Writes new[b] at token position pos[b] if this KVP rank owns it (else the write is dropped)."""
     local = cache.shape[1]
     owner = (pos // block) % kvp
@@ -105,6 +105,7 @@ class HelixGeometry:
     microbatches: int
     block: int  # tokens per round-robin block
     local_seq: int
+    hopb: bool = True  # overlap micro-batch i's all-to-all with i+1's attention; False serializes them
 
     @property
     def n(self) -> int:
@@ -113,7 +114,7 @@ class HelixGeometry:
 
 def helix_geometry(
     lm: LayoutMesh, *, batch: int, q_heads: int, kv_heads: int, seq: int,
-    tokens_per_block: int | None, microbatches: int,
+    tokens_per_block: int | None, microbatches: int, hopb: bool = True,
 ) -> HelixGeometry:
     """Validates a Helix attention shape against the mesh; raises ValueError naming the numbers.
 
@@ -135,7 +136,8 @@ def helix_geometry(
     if batch % (dp * microbatches):
         raise ValueError(f"dp·microbatches={dp}·{microbatches} does not divide batch={batch}")
     local, block = _check_seq(seq, kvp, tokens_per_block)
-    return HelixGeometry(kvp=kvp, tpa=tpa, dp=dp, microbatches=microbatches, block=block, local_seq=local)
+    return HelixGeometry(kvp=kvp, tpa=tpa, dp=dp, microbatches=microbatches, block=block, local_seq=local,
+                         hopb=bool(hopb))
 
 
 def helix_local(
@@ -164,9 +166,12 @@ def helix_local(
     m = geo.microbatches
     size = q.shape[0] // m
 
-    def attend(i):
+    def attend(i, after=None):
         sl = slice(i * size, (i + 1) * size)
-        out, lse = blocks.partial_attention(q[sl], k[sl], v[sl], valid[sl], scale=scale)
+        qi = q[sl]
+        if after is not None:  # no HOP-B: attention of i waits for the exchange of i − 1
+            after, qi = lax.optimization_barrier((after, qi))
+        out, lse = blocks.partial_attention(qi, k[sl], v[sl], valid[sl], scale=scale)
         if post is not None:
             out = post(out)
         return out, lse
@@ -177,11 +182,12 @@ def helix_local(
         outs, lses = exchange_partials(out, lse, lm.kvp, geo.kvp, comm_format)
         return blocks.combine_partials(outs, lses, axis=1)[0]
 
-    # Software pipeline (HOP-B): exchange of micro-batch i is issued before attention of i+1.
+    # Software pipeline (HOP-B): exchange of micro-batch i is issued before attention of i+1, with no
+    # data dependence between them. With hopb=False an optimization barrier serializes the two.
     results, pending = [], attend(0)
     for i in range(1, m):
         sent = finish(*pending)
-        pending = attend(i)
+        pending = attend(i, None if geo.hopb else sent)
         results.append(sent)
     results.append(finish(*pending))
     return results[0] if m == 1 else jnp.concatenate(results, axis=0)
@@ -190,7 +196,7 @@ def helix_local(
 def helix_attention(
     q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, kv_len: jax.Array, *, mesh: LayoutMesh | Mesh,
     scale: float | None = None, tokens_per_block: int | None = None, microbatches: int = 1,
-    comm_format: str = "fp32",
+    hopb: bool = True, comm_format: str = "fp32",
 ) -> jax.Array:
     """Helix decode attention of one new token per sequence, sharded KVP × TPA on `mesh`.
 
@@ -207,7 +213,9 @@ def helix_attention(
       mesh: a LayoutMesh, or a Mesh with axes "kvp" and "tpa" (and optionally "dp").
       scale: softmax scale, default 1/√head_dim.
       tokens_per_block: round-robin block of the storage order; None for token order.
-      microbatches: HOP-B micro-batches.
+      microbatches: micro-batches of the batch.
+      hopb: overlap each micro-batch's all-to-all with the next one's attention (HOP-B); False
+        serializes them (the paper's ablation). Same result either way.
       comm_format: numerics format of the all-to-all payload.
 
     Returns:
@@ -231,7 +239,7 @@ def helix_attention(
         raise ValueError(f"shapes disagree: q {q.shape}, k {k_cache.shape}, v {v_cache.shape}, kv_len {kv_len.shape}")
     nk, seq = k_cache.shape[2], k_cache.shape[1]
     geo = helix_geometry(lm, batch=b, q_heads=nq, kv_heads=nk, seq=seq, tokens_per_block=tokens_per_block,
-                         microbatches=microbatches)
+                         microbatches=microbatches, hopb=hopb)
     if geo.tpa > nk:  # plain-TP KV duplication: one copy of a KV head per TPA rank
         k_cache = jnp.repeat(k_cache, geo.tpa // nk, axis=2)
         v_cache = jnp.repeat(v_cache, geo.tpa // nk, axis=2)
@@ -251,7 +259,7 @@ def helix_attention(
 def helix_mla_attention(
     q_latent: jax.Array, q_rope: jax.Array, kv_cache: jax.Array, kv_len: jax.Array, *,
     mesh: LayoutMesh | Mesh, scale: float, w_uv: jax.Array | None = None,
-    tokens_per_block: int | None = None, microbatches: int = 1, comm_format: str = "fp32",
+    tokens_per_block: int | None = None, microbatches: int = 1, hopb: bool = True, comm_format: str = "fp32",
 ) -> jax.Array:
     """Helix MLA decode attention (DeepSeek absorbed form): one latent KV head shared by all heads.
 
@@ -267,7 +275,7 @@ def helix_mla_attention(
       mesh: a LayoutMesh or a Mesh with axes "kvp" and "tpa".
       scale: softmax scale (DeepSeek: 1/√(qk_nope_head_dim + qk_rope_head_dim)).
       w_uv: optional [q_heads, r, Dv] value up-projection.
-      tokens_per_block, microbatches, comm_format: as in `helix_attention`.
+      tokens_per_block, microbatches, hopb, comm_format: as in `helix_attention`.
 
     Returns:
       [batch, q_heads, r] latent outputs, or [batch, q_heads, Dv] with w_uv.
@@ -289,7 +297,7 @@ def helix_mla_attention(
     if w_uv is not None and w_uv.shape[:2] != (nq, r):
         raise ValueError(f"w_uv must be [q_heads={nq}, r={r}, Dv], got {w_uv.shape}")
     geo = helix_geometry(lm, batch=b, q_heads=nq, kv_heads=1, seq=kv_cache.shape[1],
-                         tokens_per_block=tokens_per_block, microbatches=microbatches)
+                         tokens_per_block=tokens_per_block, microbatches=microbatches, hopb=hopb)
     dp, kvp, tpa = _axes(lm.dp), _axes(lm.kvp), _axes(lm.tpa)
     q = jnp.concatenate([q_latent, q_rope], axis=-1)
 
@@ -354,7 +362,7 @@ def kv_append(
 
     def local(cs, ns, kv_len):
         rank = lax.axis_index(lm.kvp) if lm.kvp else jnp.int32(0)
-        return [_append_local(c, n, kv_len, rank, kvp, block) for c, n in zip(cs, ns)]
+        return [append_local(c, n, kv_len, rank, kvp, block) for c, n in zip(cs, ns)]
 
     out = jax.shard_map(
         local, mesh=lm.mesh,

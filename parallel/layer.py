@@ -37,7 +37,7 @@ from perfmodel.specs import Layout, ModelSpec
 
 from . import blocks
 from .ffn import check_ffn, ffn_local, ffn_reference
-from .helix import TOKENS_PER_BLOCK, HelixGeometry, _append_local, helix_geometry, helix_local
+from .helix import TOKENS_PER_BLOCK, HelixGeometry, append_local, helix_geometry, helix_local
 from .mesh import LayoutMesh
 from .weights import AttentionWeights, LayerWeights, MLAWeights, duplicate_kv_heads, layer_specs
 
@@ -82,30 +82,31 @@ class LayerPlan:
     comm_format: str = "fp32"
 
 
-def layout_of(lm: LayoutMesh, *, batch: int = 1, microbatches: int = 1) -> Layout:
+def layout_of(lm: LayoutMesh, *, batch: int = 1, microbatches: int = 1, hopb: bool = True) -> Layout:
     """The `perfmodel.specs.Layout` a mesh realizes."""
     return Layout(tpa=lm.size("tpa"), kvp=lm.size("kvp"), dp_attn=lm.size("dp"), tpf=lm.size("tpf"),
-                  ep=lm.size("ep"), batch=batch, microbatches=microbatches)
+                  ep=lm.size("ep"), batch=batch, microbatches=microbatches, hopb=hopb)
 
 
 def make_plan(
     spec: ModelSpec, lm: LayoutMesh, *, batch: int, seq: int, tokens_per_block: int = TOKENS_PER_BLOCK,
-    microbatches: int = 1, policy=None,
+    microbatches: int = 1, hopb: bool = True, policy=None,
 ) -> LayerPlan:
     """Validate (Layout.check_model, Helix geometry) and fix the static plan of a sharded layer.
 
     Args:
       spec: model shape. lm: mesh. batch: global batch. seq: cache length (storage slots).
-      tokens_per_block: round-robin KV block. microbatches: HOP-B micro-batches.
+      tokens_per_block: round-robin KV block. microbatches: micro-batches; hopb: overlap their
+        all-to-alls with the next micro-batch's attention (False: serialized).
       policy: optional numerics QuantPolicy: projections use `policy.dot_general`, new KV rows are
         quantized per `policy.kv_cache` along head_dim, the all-to-all per `policy.communication`.
 
     Raises:
       ValueError: a layout the model cannot use, or shapes the mesh does not divide.
     """
-    layout_of(lm, batch=batch, microbatches=microbatches).check_model(spec)
+    layout_of(lm, batch=batch, microbatches=microbatches, hopb=hopb).check_model(spec)
     geo = helix_geometry(lm, batch=batch, q_heads=spec.n_heads, kv_heads=spec.n_kv_heads, seq=seq,
-                         tokens_per_block=tokens_per_block, microbatches=microbatches)
+                         tokens_per_block=tokens_per_block, microbatches=microbatches, hopb=hopb)
     if policy is None:
         return LayerPlan(lm, spec, geo)
     from numerics import fake_quantize
@@ -155,7 +156,7 @@ def attention_local(x, w: AttentionWeights | MLAWeights, cache, kv_len, plan: La
         latent = jnp.concatenate(
             [blocks.rms_norm(kv[:, :r], w.kv_norm), blocks.rope(kv[:, None, r:], kv_len)[:, 0]], axis=-1)
         (c,) = cache
-        c = _append_local(c, plan.kv_quantize(latent), kv_len, rank, geo.kvp, geo.block)
+        c = append_local(c, plan.kv_quantize(latent), kv_len, rank, geo.kvp, geo.block)
         new_cache = (c,)
 
         def post(o):  # W_UV before the exchange: payload v_dim wide
@@ -169,8 +170,8 @@ def attention_local(x, w: AttentionWeights | MLAWeights, cache, kv_len, plan: La
         k_new = blocks.rope(_proj(dot, h, w.wk), kv_len)
         v_new = _proj(dot, h, w.wv)
         kc, vc = cache
-        kc = _append_local(kc, plan.kv_quantize(k_new), kv_len, rank, geo.kvp, geo.block)
-        vc = _append_local(vc, plan.kv_quantize(v_new), kv_len, rank, geo.kvp, geo.block)
+        kc = append_local(kc, plan.kv_quantize(k_new), kv_len, rank, geo.kvp, geo.block)
+        vc = append_local(vc, plan.kv_quantize(v_new), kv_len, rank, geo.kvp, geo.block)
         new_cache = (kc, vc)
         o = helix_local(q, kc, vc, kv_len + 1, lm=lm, geo=geo, scale=d**-0.5, comm_format=plan.comm_format)
     b, qn, dv = o.shape

@@ -109,14 +109,28 @@ def test_mla_deepseek_dims(assert_close):
 
 
 def test_hopb_issues_all_to_all_before_next_attention(inputs):
-    """HOP-B order in the traced program: attention(0), all-to-all(0), attention(1), all-to-all(1)."""
+    """HOP-B order in the traced program: attention(0), all-to-all(0), attention(1), all-to-all(1), with
+    no dependence between all-to-all(0) and attention(1); hopb=False adds that dependence (a barrier)."""
     lm = make_mesh(4, 2)
     x = inputs
-    jaxpr = jax.make_jaxpr(lambda q, k, v: helix_attention(q, k, v, KV_LEN, mesh=lm, microbatches=2))(
-        x["q16"], x["k8"], x["v8"])
-    (sm,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "shard_map"]
-    order = [e.primitive.name for e in sm.params["jaxpr"].eqns if e.primitive.name in ("dot_general", "all_to_all")]
-    assert order == ["dot_general", "dot_general", "all_to_all"] * 2
+
+    def inner(hopb):
+        jaxpr = jax.make_jaxpr(lambda q, k, v: helix_attention(q, k, v, KV_LEN, mesh=lm, microbatches=2, hopb=hopb))(
+            x["q16"], x["k8"], x["v8"])
+        (sm,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "shard_map"]
+        return [e.primitive.name for e in sm.params["jaxpr"].eqns]
+
+    for hopb in (True, False):
+        names = inner(hopb)
+        order = [n for n in names if n in ("dot_general", "all_to_all", "optimization_barrier")]
+        barrier = [] if hopb else ["optimization_barrier"]
+        assert order == ["dot_general", "dot_general", "all_to_all"] + barrier + ["dot_general", "dot_general", "all_to_all"]
+
+    run = jax.jit(lambda q, k, v: [helix_attention(q, k, v, KV_LEN, mesh=lm, microbatches=m, hopb=h)
+                                   for m, h in ((1, True), (2, True), (2, False))])
+    one, overlapped, serial = run(x["q16"], x["k8"], x["v8"])
+    np.testing.assert_array_equal(overlapped, one)
+    np.testing.assert_array_equal(serial, one)
 
 
 def test_kv_append_decode_loop_stays_exact(assert_close):

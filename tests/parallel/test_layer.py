@@ -2,7 +2,6 @@
 collective bytes of a Helix layer against the closed form of paper §2.1.2."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
