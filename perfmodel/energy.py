@@ -42,14 +42,15 @@ def step_power(hw: HardwareSpec, params, step: StepCost):
 
     Args:
       hw: hardware (idle, peak and host power).
-      params: `EfficiencyParams` (power weights).
+      params: `EfficiencyParams`; kept for symmetry: the step applied its power weights already
+        (`StepCost.weighted_busy_s`), so the step and the energy must use the same parameters.
       step: a `StepCost` (busy times and period).
 
     Returns:
       watts per GPU.
     """
-    w = as_efficiency(params).power_weight
-    u = (w[0] * step.busy_compute_s + w[1] * step.busy_memory_s + w[2] * step.busy_link_s) / step.period_s
+    del params  # the power weights were applied by the step (StepCost.weighted_busy_s)
+    u = step.weighted_busy_s / step.period_s
     return hw.idle_power_w + (hw.peak_power_w - hw.idle_power_w) * u + hw.host_power_w
 
 

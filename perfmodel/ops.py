@@ -25,7 +25,8 @@ Time model (roofline with calibrated efficiencies; Williams et al. 2009):
     t_compute = (flops + s_half) / (peak(bits) · eff_c)     (eff(s) = eff_c · s / (s + s_half))
     t_memory  = (bytes + b_half) / (hbm_bw · eff_m)
     t         = smooth_max(t_compute, t_memory) + overhead
-    smooth_max(a, b) = (a^8 + b^8)^(1/8)    (≤ 9% above max at a = b, < 1e-4 off at a ≥ 3·b)
+    smooth_max(a, b) ≈ (a^8 + b^8)^(1/8)    (≤ 9% above max at a = b, < 1e-4 off at a ≥ 3·b;
+                                            a C¹ polynomial form, relative error ≤ 2e-6)
 
 The peak is chosen by the compute precision max(bits of the operands) (`HardwareSpec.peak_flops`).
 Collectives (α–β per link level; ring bandwidth term, switch/tree latency term):
@@ -43,6 +44,9 @@ level l is the innermost `hw.links` level whose size holds n devices, unless giv
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 from .efficiency import (
@@ -64,24 +68,41 @@ def as_efficiency(params: EfficiencyParams | Efficiency) -> Efficiency:
     raise ValueError(f"params must be EfficiencyParams or Efficiency, got {type(params).__name__}")
 
 
-def smooth_max(a, b):
-    """Scale-free smooth maximum (a^8 + b^8)^(1/8) of non-negative times.
+# h(y) ≈ (1 + y)^(1/8) on [0, 1]: degree-5 minimax fit (max error 1.6e-6) constrained to
+# h(0) = 1, h(1) = 2^(1/8), h'(1) = 2^(1/8)/16, so the smooth max below is C¹ at ties and exact when
+# one time dominates. Five FMAs instead of three square roots: this is the model's hot loop.
+_H = (0.12492981224887743, -0.053671422442987414, 0.029184675186096614, -0.01269240200403085,
+      0.0027570696773019134)
 
-    Computed as hi · (1 + (lo/hi)^8)^(1/8) so it neither under- nor overflows in float32; the
-    expression equals the p-norm identically, so its gradient is the p-norm's (ties included).
+
+def smooth_max(a, b):
+    """Scale-free smooth maximum ≈ (a^8 + b^8)^(1/8) of non-negative times (relative error ≤ 2e-6).
+
+    hi · h((lo/hi)^8) with h a polynomial fit of (1 + y)^(1/8) that keeps h(0) = 1 (exact roofline
+    when one term dominates), the tie value 2^(1/8), and the tie slope that makes the function C¹.
+    Normalizing by hi avoids float32 under/overflow of the 8th powers.
     """
     hi, lo = jnp.maximum(a, b), jnp.minimum(a, b)
     r = lo / jnp.maximum(hi, _TINY)
     r2 = r * r
     r4 = r2 * r2
-    return hi * jnp.sqrt(jnp.sqrt(jnp.sqrt(1.0 + r4 * r4)))
+    y = r4 * r4
+    h = _H[4]
+    for c in _H[3::-1]:
+        h = h * y + c
+    return hi + hi * (h * y)
+
+
+def roofline_time(eff: Efficiency, op_class: int, flops, bytes_, inv_peak_flops, inv_hbm_bytes_per_s):
+    """`op_time` with reciprocal rates (s/FLOP, s/byte): multiplications only, for the hot loops."""
+    t_c = (flops + eff.compute_half_flops[op_class]) * (inv_peak_flops * (1.0 / eff.compute_eff[op_class]))
+    t_m = (bytes_ + eff.memory_half_bytes[op_class]) * (inv_hbm_bytes_per_s * (1.0 / eff.memory_eff[op_class]))
+    return smooth_max(t_c, t_m) + eff.overhead_s[op_class]
 
 
 def op_time(eff: Efficiency, op_class: int, flops, bytes_, peak_flops_per_s, hbm_bytes_per_s):
     """Roofline time of one op of class `op_class` (index into `OP_CLASSES`), seconds."""
-    t_c = (flops + eff.compute_half_flops[op_class]) / (peak_flops_per_s * eff.compute_eff[op_class])
-    t_m = (bytes_ + eff.memory_half_bytes[op_class]) / (hbm_bytes_per_s * eff.memory_eff[op_class])
-    return smooth_max(t_c, t_m) + eff.overhead_s[op_class]
+    return roofline_time(eff, op_class, flops, bytes_, 1.0 / peak_flops_per_s, 1.0 / hbm_bytes_per_s)
 
 
 def _bits(*bytes_per_elem):
@@ -251,33 +272,79 @@ def elementwise_time(params, hw: HardwareSpec, bytes, flops=0.0):
 
 # --------------------------------------------------------------------------------------- collectives
 
-def collective_steps(kind: str, n_devices):
-    """Latency steps of a collective over n devices (0 for n ≤ 1)."""
-    log_n = jnp.log2(jnp.maximum(n_devices, 1.0))
-    if kind == "all_reduce":
-        return 2.0 * log_n
-    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
-        return log_n
-    if kind == "send_recv":
-        return jnp.clip(n_devices - 1.0, 0.0, 1.0)
-    raise ValueError(f"kind={kind!r} is not a collective; valid: {COLLECTIVES}")
+class Group(NamedTuple):
+    """What a collective needs to know about its device group (computed once per group size).
 
+    log_n: log2 n; frac: (n − 1)/n; pair: min(n − 1, 1) clipped at 0 (send/recv happens at all);
+    alpha_s: α of the group's link level; inv_bw: 1 / (bandwidth · efficiency) of that level;
+    inv_bw_peak: 1 / bandwidth (for utilization).
+    """
 
-def collective_traffic(kind: str, bytes, n_devices):
-    """Bytes each device sends for a collective whose per-rank buffer is `bytes` (nccl-tests size)."""
-    n = jnp.maximum(n_devices, 1.0)
-    if kind == "all_reduce":
-        return 2.0 * (n - 1.0) / n * bytes
-    if kind in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (n - 1.0) / n * bytes
-    if kind == "send_recv":
-        return jnp.clip(n_devices - 1.0, 0.0, 1.0) * bytes
-    raise ValueError(f"kind={kind!r} is not a collective; valid: {COLLECTIVES}")
+    log_n: jax.Array
+    frac: jax.Array
+    pair: jax.Array
+    alpha_s: jax.Array
+    inv_bw: jax.Array
+    inv_bw_peak: jax.Array
 
 
 def link_level(hw: HardwareSpec, n_devices):
     """Index of the innermost link level whose domain holds n devices (0 die, 1 scale-up, 2 out)."""
     return jnp.where(n_devices <= hw.links[0].size, 0, jnp.where(n_devices <= hw.links[1].size, 1, 2))
+
+
+def group(eff: Efficiency, hw: HardwareSpec, n_devices, level=None) -> Group:
+    """The `Group` of n devices (real-valued n allowed; n ≤ 1 makes every collective free)."""
+    n = jnp.maximum(n_devices, 1.0)
+    lvl = link_level(hw, n_devices) if level is None else jnp.asarray(level)
+    bw = [l.bandwidth_bytes_per_s for l in hw.links]
+    return Group(
+        log_n=jnp.log2(n), frac=1.0 - 1.0 / n, pair=jnp.clip(n_devices - 1.0, 0.0, 1.0),
+        alpha_s=_per_level(lvl, eff.link_alpha_s),
+        inv_bw=_per_level(lvl, [1.0 / (bw[i] * eff.link_eff[i]) for i in range(3)]),
+        inv_bw_peak=_per_level(lvl, [1.0 / b for b in bw]),
+    )
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in COLLECTIVES:
+        raise ValueError(f"kind={kind!r} is not a collective; valid: {COLLECTIVES}")
+
+
+def group_steps(kind: str, g: Group):
+    """Latency steps: all_reduce 2·log2 n; all_gather, reduce_scatter, all_to_all log2 n; send_recv 1."""
+    _check_kind(kind)
+    return 2.0 * g.log_n if kind == "all_reduce" else g.pair if kind == "send_recv" else g.log_n
+
+
+def group_traffic(kind: str, bytes, g: Group):
+    """Bytes a device sends: all_reduce 2(n−1)/n·b; all_gather, reduce_scatter, all_to_all (n−1)/n·b;
+    send_recv b."""
+    _check_kind(kind)
+    if kind == "all_reduce":
+        return 2.0 * g.frac * bytes
+    return g.pair * bytes if kind == "send_recv" else g.frac * bytes
+
+
+def group_time(kind: str, bytes, g: Group):
+    """α·steps + traffic / (bandwidth · efficiency) of a collective on group `g`."""
+    return g.alpha_s * group_steps(kind, g) + group_traffic(kind, bytes, g) * g.inv_bw
+
+
+def collective_steps(kind: str, n_devices):
+    """Latency steps of a collective over n devices (0 for n ≤ 1)."""
+    _check_kind(kind)
+    log_n = jnp.log2(jnp.maximum(n_devices, 1.0))
+    return 2.0 * log_n if kind == "all_reduce" else jnp.clip(n_devices - 1.0, 0.0, 1.0) if kind == "send_recv" else log_n
+
+
+def collective_traffic(kind: str, bytes, n_devices):
+    """Bytes each device sends for a collective whose per-rank buffer is `bytes` (nccl-tests size)."""
+    _check_kind(kind)
+    n = jnp.maximum(n_devices, 1.0)
+    if kind == "all_reduce":
+        return 2.0 * (1.0 - 1.0 / n) * bytes
+    return jnp.clip(n_devices - 1.0, 0.0, 1.0) * bytes if kind == "send_recv" else (1.0 - 1.0 / n) * bytes
 
 
 def collective_time(params, hw: HardwareSpec, kind: str, bytes, n_devices, level=None):
@@ -301,12 +368,8 @@ def collective_time(params, hw: HardwareSpec, kind: str, bytes, n_devices, level
       Thakur, Rabenseifner, Gropp, "Optimization of collective communication operations in MPICH",
       IJHPCA 2005 (ring and recursive-doubling costs).
     """
-    eff = as_efficiency(params)
-    steps = collective_steps(kind, n_devices)
-    traffic = collective_traffic(kind, bytes, n_devices)
-    lvl = link_level(hw, n_devices) if level is None else jnp.asarray(level)
-    bw = _per_level(lvl, [l.bandwidth_bytes_per_s for l in hw.links]) * _per_level(lvl, eff.link_eff)
-    return _per_level(lvl, eff.link_alpha_s) * steps + traffic / bw
+    _check_kind(kind)
+    return group_time(kind, bytes, group(as_efficiency(params), hw, n_devices, level))
 
 
 def _per_level(lvl, values):
@@ -315,8 +378,9 @@ def _per_level(lvl, values):
 
 
 __all__ = [
-    "COLLECTIVES", "OP_CLASSES", "as_efficiency", "causal_pairs", "collective_steps", "collective_time",
-    "collective_traffic", "decode_attention_cost", "decode_attention_time", "elementwise_time",
-    "gemm_cost", "gemm_time", "grouped_gemm_cost", "grouped_gemm_time", "kv_elems_per_token",
-    "link_level", "op_time", "prefill_attention_cost", "prefill_attention_time", "smooth_max",
+    "COLLECTIVES", "OP_CLASSES", "Group", "as_efficiency", "causal_pairs", "collective_steps",
+    "collective_time", "collective_traffic", "decode_attention_cost", "decode_attention_time",
+    "elementwise_time", "gemm_cost", "gemm_time", "group", "group_steps", "group_time", "group_traffic",
+    "grouped_gemm_cost", "grouped_gemm_time", "kv_elems_per_token", "link_level", "op_time",
+    "prefill_attention_cost", "prefill_attention_time", "roofline_time", "smooth_max",
 ]

@@ -142,6 +142,8 @@ class StepCost(NamedTuple):
       (exposed communication in comm_s).
     flops, hbm_bytes, net_bytes: work per GPU per period.
     busy_compute_s, busy_memory_s, busy_link_s: that work at the datasheet peaks (for utilization).
+    weighted_busy_s: Σ_c power_weight[c] · busy_c, what the power model needs (energy.py); one
+      accumulator instead of three keeps a vectorized sweep with energy as fast as one without.
     """
 
     time_s: jax.Array
@@ -156,55 +158,84 @@ class StepCost(NamedTuple):
     busy_compute_s: jax.Array
     busy_memory_s: jax.Array
     busy_link_s: jax.Array
+    weighted_busy_s: jax.Array
 
 
 class _Tally:
-    """Trace-time accumulator of op costs (Python object; everything inside is jnp)."""
+    """Trace-time accumulator of op costs (a Python object; everything inside is jnp).
+
+    Degrees, their reciprocals, reciprocal rates and collective groups are computed once per pass
+    and shared by every op: the model runs at millions of design points per second, so the hot
+    path multiplies instead of dividing.
+    """
 
     def __init__(self, hw: HardwareSpec, eff, lay: LayoutArrays, relaxed: bool = False):
-        self.hw, self.eff, self.relaxed = hw, eff, relaxed
-        self.peak = hw.peak_flops(jnp.maximum(lay.weight_bits, lay.act_bits))
-        self.peak_attn = hw.peak_flops(jnp.maximum(lay.kv_bits, lay.act_bits))
-        self.bw = hw.hbm_bandwidth_bytes_per_s
+        self.hw, self.eff, self.lay, self.relaxed = hw, eff, lay, relaxed
+        self.inv_peak = {
+            "gemm": 1.0 / hw.peak_flops(jnp.maximum(lay.weight_bits, lay.act_bits)),
+            "attn": 1.0 / hw.peak_flops(jnp.maximum(lay.kv_bits, lay.act_bits)),
+            "fp32": 1.0 / hw.flops_fp32,
+        }
+        self.inv_bw = 1.0 / hw.hbm_bandwidth_bytes_per_s
+        self.g = lay.kvp * lay.tpa  # one attention group
+        self.nf = lay.tpf * lay.ep  # GPUs of the FFN
+        self.inv = {"tpa": 1.0 / lay.tpa, "kvp": 1.0 / lay.kvp, "d": 1.0 / lay.dp_attn, "g": 1.0 / self.g,
+                    "tpf": 1.0 / lay.tpf, "ep": 1.0 / lay.ep, "nf": 1.0 / self.nf, "mb": 1.0 / lay.microbatches}
+        self.groups = {}
         z = jnp.zeros_like(lay.batch)
         self.parts = {"attention": z, "ffn": z, "comm": z, "other": z}
-        self.flops = self.hbm = self.net = self.busy_c = self.busy_m = self.busy_l = z
+        self.flops = self.hbm = self.net = self.busy_c = self.busy_m = self.busy_l = self.busy_w = z
+        w = eff.power_weight
+        self.w_inv_peak = {k: w[0] * v for k, v in self.inv_peak.items()}
+        self.w_inv_bw = w[1] * self.inv_bw
+        self.w_link = w[2]
+
+    def op_time(self, cls, flops, nbytes, peak="gemm"):
+        return ops.roofline_time(self.eff, cls, flops, nbytes, self.inv_peak[peak], self.inv_bw)
 
     def work(self, flops, nbytes, peak, count):
         self.flops = self.flops + count * flops
         self.hbm = self.hbm + count * nbytes
-        self.busy_c = self.busy_c + count * flops / peak
-        self.busy_m = self.busy_m + count * nbytes / self.bw
+        self.busy_c = self.busy_c + count * flops * self.inv_peak[peak]
+        self.busy_m = self.busy_m + count * nbytes * self.inv_bw
+        self.busy_w = self.busy_w + count * (flops * self.w_inv_peak[peak] + nbytes * self.w_inv_bw)
 
-    def op_time(self, cls, flops, nbytes, peak):
-        return ops.op_time(self.eff, cls, flops, nbytes, peak, self.bw)
-
-    def op(self, part, cls, cost, count, peak=None):
-        peak = self.peak if peak is None else peak
+    def op(self, part, cls, cost, count, peak="gemm"):
         flops, nbytes = cost
         self.work(flops, nbytes, peak, count)
         t = self.op_time(cls, flops, nbytes, peak)
         self.parts[part] = self.parts[part] + count * t
         return t
 
-    def coll_time(self, kind, nbytes, n):
-        return ops.collective_time(self.eff, self.hw, kind, nbytes, n)
+    def group(self, name, n, level=None):
+        if name not in self.groups:
+            self.groups[name] = ops.group(self.eff, self.hw, n, level)
+        return self.groups[name]
 
-    def coll_work(self, kind, nbytes, n, count):
-        traffic = ops.collective_traffic(kind, nbytes, n)
+    def coll_work(self, kind, nbytes, grp, count):
+        traffic = ops.group_traffic(kind, nbytes, grp)
         self.net = self.net + count * traffic
-        bw = ops._per_level(ops.link_level(self.hw, n), [l.bandwidth_bytes_per_s for l in self.hw.links])
-        self.busy_l = self.busy_l + count * traffic / bw
+        self.busy_l = self.busy_l + count * traffic * grp.inv_bw_peak
+        self.busy_w = self.busy_w + count * traffic * grp.inv_bw_peak * self.w_link
 
-    def coll(self, kind, nbytes, n, count, part="comm"):
-        self.coll_work(kind, nbytes, n, count)
-        t = self.coll_time(kind, nbytes, n)
+    def coll(self, kind, nbytes, grp, count, part="comm"):
+        self.coll_work(kind, nbytes, grp, count)
+        t = ops.group_time(kind, nbytes, grp)
         self.parts[part] = self.parts[part] + count * t
         return t
 
     def scale(self, factor):
         for k in self.parts:
             self.parts[k] = self.parts[k] * factor
+
+    def seal(self):
+        """Materialize the accumulated sums once (an optimization barrier): every output of a
+        step is a cheap function of them, so XLA must not re-derive the op graph per output."""
+        names = ("flops", "hbm", "net", "busy_c", "busy_m", "busy_l", "busy_w")
+        sealed = jax.lax.optimization_barrier((self.parts, tuple(getattr(self, n) for n in names)))
+        self.parts = sealed[0]
+        for n, v in zip(names, sealed[1]):
+            setattr(self, n, v)
 
     def total(self):
         return sum(self.parts.values())
@@ -238,15 +269,15 @@ def _attention(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     """One attention block (pre-norm, QKV, attention, KVP all-to-all, W_O, all-reduce), per GPU."""
     wb, kb, ab, cb = (_bytes(lay.weight_bits), _bytes(lay.kv_bits), _bytes(lay.act_bits),
                       _bytes(lay.comm_bits))
-    d, g = lay.dp_attn, lay.kvp * lay.tpa
+    inv = t.inv
     h, q = float(m.hidden), float(m.n_heads)
-    qh = q / lay.tpa
-    kvh = max1_relaxed(m.n_kv_heads / lay.tpa)
-    ta = round_up(s.tokens / d, t.relaxed)  # tokens of the largest attention group
+    qh = q * inv["tpa"]
+    kvh = max1_relaxed(m.n_kv_heads * inv["tpa"])
+    ta = round_up(s.tokens * inv["d"], t.relaxed)  # tokens of the largest attention group
     mb = lay.microbatches
-    t.op("other", ELEMENTWISE, (10.0 * ta * h, 10.0 * ta * h * ab), count, peak=t.hw.flops_fp32)
+    t.op("other", ELEMENTWISE, (10.0 * ta * h, 10.0 * ta * h * ab), count, peak="fp32")
     if m.is_mla:
-        rope, nope, lat, v = float(m.rope_dim), float(m.head_dim), float(m.kv_lora_rank), float(m.v_dim)
+        rope, nope, lat = float(m.rope_dim), float(m.head_dim), float(m.kv_lora_rank)
         if m.q_lora_rank:
             t.op("attention", GEMM, ops.gemm_cost(ta, float(m.q_lora_rank), h, ab, wb), count)
         k_q = float(m.q_lora_rank) or h
@@ -256,51 +287,53 @@ def _attention(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
         hsz = float(m.head_dim)
         t.op("attention", GEMM, ops.gemm_cost(ta, (qh + 2.0 * kvh) * hsz, h, ab, wb), count)
     v_out = float(m.v_dim)
+    kvp_group = t.group("kvp", lay.kvp)
     if s.dec_seqs is not None:
-        bd = round_up(s.dec_seqs / d, t.relaxed)  # the largest group when d does not divide the batch
+        bd = round_up(s.dec_seqs * inv["d"], t.relaxed)  # the largest group when d does not divide the batch
+        per_mb = bd * inv["mb"]
+        ctx = s.dec_ctx * inv["kvp"]
         if m.is_mla:  # absorbed MLA: q_nope·W_UK into the latent, attention over it, latent·W_UV
             t.op("attention", GROUPED_GEMM, ops.grouped_gemm_cost(bd * qh, lat, nope, qh, ab, wb), count)
-            attn = ops.decode_attention_cost(bd / mb, s.dec_ctx / lay.kvp, qh, 1.0, lat + rope, lat, kb,
-                                             latent=True, act_bytes_per_elem=ab)
-        else:
-            attn = ops.decode_attention_cost(bd / mb, s.dec_ctx / lay.kvp, qh, kvh, hsz, hsz, kb,
+            attn = ops.decode_attention_cost(per_mb, ctx, qh, 1.0, lat + rope, lat, kb, latent=True,
                                              act_bytes_per_elem=ab)
-        c = t.op_time(DECODE_ATTENTION, attn[0], attn[1], t.peak_attn)
-        t.work(attn[0], attn[1], t.peak_attn, count * mb)
-        a2a_bytes = (bd / mb) * qh * (v_out * cb + _LSE_BYTES)
-        comm = t.coll_time("all_to_all", a2a_bytes, lay.kvp)
-        t.coll_work("all_to_all", a2a_bytes, lay.kvp, count * mb)
+        else:
+            attn = ops.decode_attention_cost(per_mb, ctx, qh, kvh, hsz, hsz, kb, act_bytes_per_elem=ab)
+        c = t.op_time(DECODE_ATTENTION, attn[0], attn[1], "attn")
+        t.work(attn[0], attn[1], "attn", count * mb)
+        a2a_bytes = per_mb * qh * (v_out * cb + _LSE_BYTES)
+        comm = ops.group_time("all_to_all", a2a_bytes, kvp_group)
+        t.coll_work("all_to_all", a2a_bytes, kvp_group, count * mb)
         total = hopb_time(c, comm, mb, lay.hopb)
         t.parts["attention"] = t.parts["attention"] + count * mb * c
         t.parts["comm"] = t.parts["comm"] + count * (total - mb * c)
         if m.is_mla:
             t.op("attention", GROUPED_GEMM, ops.grouped_gemm_cost(bd * qh, v_out, lat, qh, ab, wb), count)
     if s.pf_tokens is not None:
-        seqs = s.pf_seqs / d
+        seqs = s.pf_seqs * inv["d"]
         q_len = s.pf_tokens / s.pf_seqs
-        kv_len = s.pf_kv / lay.kvp
+        kv_len = s.pf_kv * inv["kvp"]
+        pairs = s.pf_pairs * inv["kvp"]
         if m.is_mla:  # prefill runs MLA expanded: latent context × W_UK/W_UV, then MHA
             t.op("attention", GEMM, ops.gemm_cost(seqs * kv_len, qh * (nope + v_out), lat, kb, wb, ab), count)
-            cost = ops.prefill_attention_cost(seqs, q_len, kv_len, qh, qh, nope + rope, v_out, ab,
-                                              pairs=s.pf_pairs / lay.kvp)
+            cost = ops.prefill_attention_cost(seqs, q_len, kv_len, qh, qh, nope + rope, v_out, ab, pairs=pairs)
         else:
             cost = ops.prefill_attention_cost(seqs, q_len, kv_len, qh, kvh, hsz, hsz, ab, kv_bytes_per_elem=kb,
-                                              pairs=s.pf_pairs / lay.kvp)
-        t.op("attention", PREFILL_ATTENTION, cost, count, peak=t.peak_attn)
-        t.coll("all_to_all", (s.pf_tokens / d) * qh * (v_out * cb + _LSE_BYTES), lay.kvp, count)
-    t.op("attention", GEMM, ops.gemm_cost(ta, h, q / g * v_out, ab, wb), count)
-    t.coll("all_reduce", ta * h * cb, g, count)
+                                              pairs=pairs)
+        t.op("attention", PREFILL_ATTENTION, cost, count, peak="attn")
+        t.coll("all_to_all", (s.pf_tokens * inv["d"]) * qh * (v_out * cb + _LSE_BYTES), kvp_group, count)
+    t.op("attention", GEMM, ops.gemm_cost(ta, h, q * inv["g"] * v_out, ab, wb), count)
+    t.coll("all_reduce", ta * h * cb, t.group("g", t.g), count)
 
 
 def _dense_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     wb, ab, cb = _bytes(lay.weight_bits), _bytes(lay.act_bits), _bytes(lay.comm_bits)
-    h, f, nf = float(m.hidden), float(m.ffn), lay.tpf * lay.ep
+    h, f_local = float(m.hidden), float(m.ffn) * t.inv["nf"]
     tok = s.tokens
-    t.coll("all_gather", tok * h * cb, lay.dp_attn, count)
-    t.op("ffn", GEMM, ops.gemm_cost(tok, 2.0 * f / nf, h, ab, wb), count)
-    t.op("other", ELEMENTWISE, (3.0 * tok * f / nf, 3.0 * tok * f / nf * ab), count, peak=t.hw.flops_fp32)
-    t.op("ffn", GEMM, ops.gemm_cost(tok, h, f / nf, ab, wb), count)
-    t.coll("all_reduce", tok * h * cb, nf, count)
+    t.coll("all_gather", tok * h * cb, t.group("d", lay.dp_attn), count)
+    t.op("ffn", GEMM, ops.gemm_cost(tok, 2.0 * f_local, h, ab, wb), count)
+    t.op("other", ELEMENTWISE, (3.0 * tok * f_local, 3.0 * tok * f_local * ab), count, peak="fp32")
+    t.op("ffn", GEMM, ops.gemm_cost(tok, h, f_local, ab, wb), count)
+    t.coll("all_reduce", tok * h * cb, t.group("nf", t.nf), count)
 
 
 def hopb_time(compute_s, comm_s, n, overlap=1.0):
@@ -318,30 +351,32 @@ def hopb_time(compute_s, comm_s, n, overlap=1.0):
 
 def expected_active_experts(n_experts, top_k, tokens):
     """E·(1 − (1 − k/E)^T): experts that receive at least one of T uniformly routed tokens."""
-    return n_experts * (1.0 - jnp.exp(tokens * jnp.log1p(-top_k / n_experts)))
+    return n_experts * (1.0 - jnp.exp(tokens * float(np.log1p(-top_k / n_experts))))
 
 
 def _moe_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     wb, ab, cb = _bytes(lay.weight_bits), _bytes(lay.act_bits), _bytes(lay.comm_bits)
     h, fe, e, k = float(m.hidden), float(m.expert_ffn), float(m.n_experts), float(m.top_k)
-    d, g = lay.dp_attn, lay.kvp * lay.tpa
+    inv = t.inv
     tok = s.tokens
-    ta = round_up(tok / d, t.relaxed)  # tokens of the largest attention group
+    ta = round_up(tok * inv["d"], t.relaxed)  # tokens of the largest attention group
     t.op("ffn", GEMM, ops.gemm_cost(ta, e, h, ab, wb), count)
-    dispatch = ta / g * k * h * cb  # each group member sends its share of the group's tokens
-    t.coll("all_to_all", dispatch, d, count)
-    local_tokens = tok * k / lay.ep
-    active = expected_active_experts(e, k, tok) / lay.ep
-    t.op("ffn", GROUPED_GEMM, ops.grouped_gemm_cost(local_tokens, 2.0 * fe / lay.tpf, h, active, ab, wb), count)
-    t.op("other", ELEMENTWISE, (3.0 * local_tokens * fe / lay.tpf, 3.0 * local_tokens * fe / lay.tpf * ab),
-         count, peak=t.hw.flops_fp32)
-    t.op("ffn", GROUPED_GEMM, ops.grouped_gemm_cost(local_tokens, h, fe / lay.tpf, active, ab, wb), count)
+    dispatch = ta * inv["g"] * k * h * cb  # each group member sends its share of the group's tokens
+    d_group = t.group("d", lay.dp_attn)
+    t.coll("all_to_all", dispatch, d_group, count)
+    local_tokens = tok * k * inv["ep"]
+    active = expected_active_experts(e, k, tok) * inv["ep"]
+    fe_local = fe * inv["tpf"]
+    t.op("ffn", GROUPED_GEMM, ops.grouped_gemm_cost(local_tokens, 2.0 * fe_local, h, active, ab, wb), count)
+    t.op("other", ELEMENTWISE, (3.0 * local_tokens * fe_local, 3.0 * local_tokens * fe_local * ab), count,
+         peak="fp32")
+    t.op("ffn", GROUPED_GEMM, ops.grouped_gemm_cost(local_tokens, h, fe_local, active, ab, wb), count)
     if m.n_shared_experts:
-        fs = float(m.n_shared_experts) * fe
-        t.op("ffn", GEMM, ops.gemm_cost(ta, 2.0 * fs / g, h, ab, wb), count)
-        t.op("ffn", GEMM, ops.gemm_cost(ta, h, fs / g, ab, wb), count)
-    t.coll("all_to_all", dispatch, d, count)
-    t.coll("all_reduce", ta * h * cb, g, count)
+        fs_local = float(m.n_shared_experts) * fe * inv["g"]
+        t.op("ffn", GEMM, ops.gemm_cost(ta, 2.0 * fs_local, h, ab, wb), count)
+        t.op("ffn", GEMM, ops.gemm_cost(ta, h, fs_local, ab, wb), count)
+    t.coll("all_to_all", dispatch, d_group, count)
+    t.coll("all_reduce", ta * h * cb, t.group("g", t.g), count)
 
 
 def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0, relaxed=False) -> _Tally:
@@ -359,14 +394,13 @@ def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0, relaxed=Fa
         _moe_ffn(t, model, lay, s, n_moe)
     ab, wb = _bytes(lay.act_bits), _bytes(lay.weight_bits)
     h, v = float(model.hidden), float(model.vocab)
-    d, g = lay.dp_attn, lay.kvp * lay.tpa
-    t.op("other", ELEMENTWISE, (0.0, s.tokens / d * h * (wb + ab)), 1.0, peak=hw.flops_fp32)
-    t.op("other", GEMM, ops.gemm_cost(out_tokens / d, v / g, h, ab, wb), head_count)
-    hop_bytes = s.tokens / d * h * ab
-    level_n = lay.n_attention * lay.pp
-    t.coll_work("send_recv", hop_bytes, jnp.minimum(level_n, 2.0), lay.pp - 1.0)
-    send = ops.collective_time(eff, hw, "send_recv", hop_bytes, 2.0, level=ops.link_level(hw, level_n))
-    t.parts["comm"] = t.parts["comm"] + (lay.pp - 1.0) * send
+    tokens_d = s.tokens * t.inv["d"]
+    t.op("other", ELEMENTWISE, (0.0, tokens_d * h * (wb + ab)), 1.0, peak="fp32")
+    t.op("other", GEMM, ops.gemm_cost(out_tokens * t.inv["d"], v * t.inv["g"], h, ab, wb), head_count)
+    # pipeline hand-offs: a pair of GPUs, over the level that holds the whole replica
+    stage_pair = t.group("pp", 2.0, level=ops.link_level(hw, lay.n_attention * lay.pp))
+    t.coll("send_recv", tokens_d * h * ab, stage_pair, lay.pp - 1.0)
+    t.seal()
     return t
 
 
@@ -377,6 +411,7 @@ def _cost(t: _Tally, time_s, period_s, work_scale) -> StepCost:
         other_s=p["other"], flops=work_scale * t.flops, hbm_bytes=work_scale * t.hbm,
         net_bytes=work_scale * t.net, busy_compute_s=work_scale * t.busy_c,
         busy_memory_s=work_scale * t.busy_m, busy_link_s=work_scale * t.busy_l,
+        weighted_busy_s=work_scale * t.busy_w,
     )
 
 

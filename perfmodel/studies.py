@@ -173,7 +173,7 @@ def best_prefill(model, hw, params, isl, *, ttft_limit_s, max_gpus, bits, batche
         ok, _ = fits(model, hw, l, isl, tokens=l.batch * c)
         return dict(ttft_s=st.time_s, rate_per_gpu=l.batch / (st.period_s * replica_gpus(l)), fits=ok)
 
-    r = evaluate(fn, lay, chunk=1 << 14, block=1 << 12)
+    r = evaluate(fn, lay)
     valid = r["fits"] & (r["ttft_s"] <= ttft_limit_s)
     if not valid.any():
         raise ValueError(f"no prefill layout of {model.name} meets TTFT ≤ {ttft_limit_s} s at ISL={isl}")
@@ -209,7 +209,7 @@ def disaggregation_row(model_name: str, mix: str, *, hardware: str = "gb200-nvl7
                 out["alpha"] = d.alpha
         return out
 
-    r = evaluate(fn, lay, chunk=1 << 14, block=1 << 12)
+    r = evaluate(fn, lay)
     fronts = {k: pareto_front(r[f"{k}_x"], r[f"{k}_y"], r[f"{k}_ok"]) for k in ("co", "dis", "a05", "a35")}
     t = np.asarray(targets, np.float64)
     env = {k: envelope(*fronts[k], t) for k in fronts}

@@ -1,13 +1,13 @@
 """Exhaustive sweeps: enumerate discrete layouts, evaluate them vectorized in chunks, classify.
 
     enumerate_layouts(model, *, max_gpus, batches, ...) -> (LayoutArrays of numpy, families)
-    evaluate(fn, lay, *, chunk=..., block=..., progress=False) -> pytree of numpy arrays
+    evaluate(fn, lay, *, chunk=8192, progress=False) -> pytree of numpy arrays
     decode_sweep(model, hw, params, lay, seq_len, **kw) -> dict of numpy arrays
     FAMILIES, family names per layout
 
-`evaluate` jits `fn` once, splits the design points into fixed-size chunks (the last one padded),
-and inside a chunk maps over cache-sized blocks (`lax.map` of `vmap`): the intermediates of a
-block stay in cache, which is ~3× faster on CPU than one flat vmap over millions of points.
+`evaluate` jits `vmap(fn)` once and feeds it the design points in small fixed-size chunks (the
+last one padded) from one thread per core: the intermediates of a chunk stay in cache, several
+times faster on CPU than one vmap over millions of points.
 
 Layout families (Helix, arXiv 2507.07120 §4 baselines):
     "tp"      KVP = 1, dp_attn = 1: attention TP over TPA = N (KV duplicated when N > K), FFN TP / TP×EP
@@ -19,8 +19,11 @@ PP > 1 is allowed in every family (column `pp`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import math
+import os
+import weakref
 from collections.abc import Callable, Sequence
 
 import jax
@@ -128,49 +131,65 @@ def enumerate_layouts(model: ModelSpec, *, max_gpus: int, batches: Sequence[int]
     return LayoutArrays(*arr), np.asarray(fams)
 
 
-def evaluate(fn: Callable, lay: LayoutArrays, *, chunk: int = 1 << 18, block: int = 1 << 14,
-             progress: bool = False, desc: str = "sweep"):
-    """Evaluate `fn(LayoutArrays) -> pytree of [n] arrays` over many design points.
+_RUNNERS: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _runner(fn: Callable) -> Callable:
+    """jit(vmap(fn)), cached per function so repeated sweeps of one model never recompile."""
+    run = _RUNNERS.get(fn)
+    if run is None:
+        run = _RUNNERS[fn] = jax.jit(jax.vmap(lambda *cols: fn(LayoutArrays(*cols))))
+    return run
+
+
+def evaluate(fn: Callable, lay: LayoutArrays, *, chunk: int = 1 << 13, progress: bool = False,
+             desc: str = "sweep", workers: int | None = None):
+    """Evaluate `fn(LayoutArrays) -> pytree of arrays` over many design points.
+
+    `fn` is vmapped and jitted once (cached per function object); the points go through it in
+    fixed-size chunks (the last one padded) on `workers` threads. Small chunks keep the model's
+    intermediates in cache, and XLA runs one chunk on one core, so the threads are what use every
+    core: on this 2-core CPU the full model runs several times faster than one vmap over millions
+    of points (benchmarks/bench_sweep.py measures both).
 
     Args:
-      fn: a jnp function of one design point batch (it is vmapped over blocks of points).
-      lay: LayoutArrays of [n] numpy or jax arrays.
-      chunk: points per jitted call (one compilation for all chunks; the last one padded).
-      block: points per inner `lax.map` step.
+      fn: a jnp function of one design point (it is vmapped).
+      lay: LayoutArrays of [n, ...] numpy or jax arrays (e.g. [n, 2] for prefill/decode pairs).
+      chunk: points per jitted call.
       progress: show a tqdm bar.
+      workers: threads (default: the CPU count).
 
     Returns:
       the pytree of numpy arrays of length n.
 
     Raises:
-      ValueError: chunk not a multiple of block, or fields of different lengths.
+      ValueError: fields of different lengths, or chunk < 1.
     """
-    if chunk % block:
-        raise ValueError(f"chunk={chunk} must be a multiple of block={block}")
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be positive")
     leaves = [np.asarray(x, np.float32) for x in lay]
     n = leaves[0].shape[0]
-    if any(x.shape != (n,) for x in leaves):
-        raise ValueError(f"LayoutArrays fields must all be [n]; got shapes {[x.shape for x in leaves]}")
-    chunk = min(chunk, block * max(1, -(-n // block)))
+    if any(x.ndim < 1 or x.shape[0] != n for x in leaves):
+        raise ValueError(f"LayoutArrays fields must all be [n, ...]; got shapes {[x.shape for x in leaves]}")
+    chunk = min(chunk, n)
+    run = _runner(fn)
 
-    @jax.jit
-    def run(*cols):
-        blocks = LayoutArrays(*(c.reshape(-1, block) for c in cols))
-        out = jax.lax.map(fn, blocks)
-        return jax.tree.map(lambda x: x.reshape(-1), out)
+    def one(start):
+        part = [x[start:start + chunk] for x in leaves]
+        keep = part[0].shape[0]
+        if keep < chunk:
+            part = [np.concatenate([x, np.repeat(x[-1:], chunk - keep, axis=0)]) for x in part]
+        return jax.tree.map(lambda y: np.asarray(y)[:keep], run(*part))
 
-    outs = []
-    starts = range(0, n, chunk)
-    if progress:
-        from tqdm import tqdm
+    starts = list(range(0, n, chunk))
+    one(starts[0])  # compile once, before the threads start
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        results = pool.map(one, starts)
+        if progress:
+            from tqdm import tqdm
 
-        starts = tqdm(starts, desc=desc, unit="chunk")
-    for s in starts:
-        part = [x[s:s + chunk] for x in leaves]
-        pad = chunk - part[0].shape[0]
-        if pad:
-            part = [np.concatenate([x, np.repeat(x[-1:], pad)]) for x in part]
-        outs.append(jax.tree.map(lambda x, m=chunk - pad: np.asarray(x)[:m], run(*part)))
+            results = tqdm(results, total=len(starts), desc=desc, unit="chunk")
+        outs = list(results)
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
 

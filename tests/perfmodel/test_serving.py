@@ -20,7 +20,9 @@ MODEL = get_model("llama-3.1-70b")
 
 def _step(time_s, period_s, busy=(0.0, 0.0, 0.0)):
     z = jnp.float32(0.0)
-    return StepCost(jnp.float32(time_s), jnp.float32(period_s), z, z, z, z, z, z, z, *map(jnp.float32, busy))
+    w = np.asarray(jax.nn.sigmoid(P.power_logit))
+    return StepCost(jnp.float32(time_s), jnp.float32(period_s), z, z, z, z, z, z, z, *map(jnp.float32, busy),
+                    jnp.float32(w @ np.asarray(busy)))
 
 
 PF_LAY = make_layout_arrays(tpa=8, tpf=8, batch=2, **FP8)
@@ -107,6 +109,9 @@ def test_real_step_power_within_idle_and_peak():
     st = decode_step(MODEL, H200, P, DC_LAY, 4096.0)
     p = float(step_power(H200, P, st)) - H200.host_power_w
     assert H200.idle_power_w < p < H200.peak_power_w
+    w = np.asarray(jax.nn.sigmoid(P.power_logit))  # the weighted accumulator equals the weighted parts
+    parts = np.asarray([st.busy_compute_s, st.busy_memory_s, st.busy_link_s])
+    assert float(st.weighted_busy_s) == pytest.approx(float(w @ parts), rel=1e-5)
 
 
 def test_disaggregated_energy_weights_the_pools():

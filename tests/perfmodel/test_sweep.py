@@ -47,7 +47,7 @@ def test_chunked_evaluation_matches_vmap_and_compiles_once():
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, *_a, **_k: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
     fn = lambda l: decode_step(model, HW, P, l, 8192.0).time_s  # noqa: E731
-    got = evaluate(fn, lay, chunk=2048, block=512)
+    got = evaluate(fn, lay, chunk=2048, workers=2)
     n_compiles = len(compiles)
     want = np.asarray(jax.jit(jax.vmap(fn))(jax.tree.map(np.asarray, lay)))
     assert n > 3 * 2048 and n_compiles == 1  # several chunks, one compilation
@@ -57,7 +57,7 @@ def test_chunked_evaluation_matches_vmap_and_compiles_once():
 def test_decode_sweep_fields():
     model = get_model("tiny-moe")
     lay, _ = enumerate_layouts(model, max_gpus=8, batches=[1, 8])
-    r = decode_sweep(model, HW, P, lay, 128.0, chunk=1024, block=256)
+    r = decode_sweep(model, HW, P, lay, 128.0, chunk=1024)
     assert set(r) == {"ttl_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "fits", "mem_ratio", "comm_s"}
     np.testing.assert_allclose(r["tokens_per_s_per_user"] * r["ttl_s"], 1.0, rtol=1e-6)
     assert r["fits"].all()
