@@ -2,7 +2,9 @@
 
     rate_matching(case, ttl_limits_s, *, tables=None) -> list[dict]     α* vs TTL; fixed α; co-located
     traffic_trace(seed=0, *, duration_s=3600, interval_s=120, ...) -> Trace
+    elastic_candidates(model, hw, trace, *, ...) -> dict                 candidate layouts, costed
     elastic_scaling(model, hw, trace, *, ...) -> ElasticResult            per-interval plan vs best static
+    python -m perfmodel.ratematch [--model M] [--quick]                  prints both studies
 
 Dynamic rate matching (arXiv 2506.05508 §3). With per-GPU request rates R_p (best prefill layout
 meeting TTFT) and R_d (best decode layout meeting TTL), a fluid system with α prefill GPUs per
@@ -263,38 +265,37 @@ def _interval_configs(cands: dict, w: int, lam: float, cluster: int, top_k: int)
     return out[:top_k]
 
 
-def _served(cands, config: dict, trace_w: np.ndarray, lam: np.ndarray) -> np.ndarray:
-    """Requests/s a fixed configuration serves within the SLA in every interval."""
-    cap = np.full(len(lam), np.inf)
-    for (role, u), n in config.items():
-        cap = np.minimum(cap, n * cands[role].rate[u, trace_w])
-    return np.minimum(lam, cap)
-
-
 def _best_static(cands: dict, trace_w, lam, osl, cluster: int, attainment: float):
-    """Max goodput/GPU of one configuration kept all trace, among those serving ≥ attainment."""
-    demand = float(np.sum(lam))
+    """Max goodput/GPU of one configuration kept all trace, among those serving ≥ attainment.
+
+    Replica counts come from the levels ⌈λ_t / r_t⌉ that exactly serve one interval's demand."""
+    demand, n_t = float(np.sum(lam)), len(lam)
     best = (0.0, None)
 
     def consider(roles):
         nonlocal best
-        levels = []
+        rates, levels = [], []
         for role, u in roles:
             r = cands[role].rate[u, trace_w]
             if not np.any(r > 0):
                 return
+            rates.append(r)
             levels.append(np.unique(np.ceil(lam[r > 0] / r[r > 0])))
-        for ns in np.stack(np.meshgrid(*levels, indexing="ij"), -1).reshape(-1, len(roles)):
-            config = {ru: int(n) for ru, n in zip(roles, ns)}
-            gpus = sum(n * cands[ru[0]].gpus[ru[1]] for ru, n in config.items())
-            if gpus > cluster:
-                continue
-            served = _served(cands, config, trace_w, lam)
-            if served.sum() < attainment * demand * (1.0 - 1e-12):
-                continue
-            value = float(np.sum(served * osl)) / (gpus * len(lam))
-            if value > best[0]:
-                best = (value, (config, gpus, float(served.sum() / demand)))
+        grids = np.meshgrid(*levels, indexing="ij")  # [L_1, (L_2)] replica counts per role
+        cap = np.full(grids[0].shape + (n_t,), np.inf)
+        gpus = np.zeros(grids[0].shape)
+        for (role, u), n, r in zip(roles, grids, rates):
+            cap = np.minimum(cap, n[..., None] * r)
+            gpus = gpus + n * cands[role].gpus[u]
+        served = np.minimum(lam, cap)
+        ok = (gpus <= cluster) & (served.sum(-1) >= attainment * demand * (1.0 - 1e-12))
+        if not ok.any():
+            return
+        value = np.where(ok, (served * osl).sum(-1) / (gpus * n_t), -np.inf)
+        k = np.unravel_index(int(np.argmax(value)), value.shape)
+        if value[k] > best[0]:
+            config = {ru: int(n[k]) for ru, n in zip(roles, grids)}
+            best = (float(value[k]), (config, float(gpus[k]), float(served[k].sum() / demand)))
 
     if "prefill" in cands:
         for i in range(len(cands["prefill"].rows)):
@@ -385,3 +386,71 @@ def elastic_scaling(model: ModelSpec, hw: HardwareSpec, trace: Trace, *, space: 
                        **{role: (n, _layout(cands[role].rows[u], cands[role].family[u])) for (role, u), n in config.items()}}
     return ElasticResult(goodput, static_value, goodput / static_value if static_value else math.inf, gpu_s, reprov,
                          tokens, plan, static_info, {r: len(c.rows) for r, c in cands.items()})
+
+
+# ------------------------------------------------------------------------------------------ report
+
+def _fmt_layout(n_lay) -> str:
+    n, d = n_lay
+    s = f"{n}×{d['family']}(tpa{d['tpa']} kvp{d['kvp']} dp{d['dp_attn']} tpf{d['tpf']} ep{d['ep']} pp{d['pp']} B{d['batch']}"
+    return s + (f" c{d['chunk']}" if d.get("chunk") else "") + ")"
+
+
+def main(argv=None) -> None:
+    """Print the rate-matching table and the elastic-scaling study (python -m perfmodel.ratematch)."""
+    import argparse
+    import time
+
+    from .presets import get_hardware, get_model
+
+    parser = argparse.ArgumentParser(prog="python -m perfmodel.ratematch", description=main.__doc__)
+    parser.add_argument("--model", default="llama-3.1-70b")
+    parser.add_argument("--hardware", default="gb200-nvl72")
+    parser.add_argument("--seed", type=int, default=0, help="traffic trace seed")
+    parser.add_argument("--rate", type=float, default=200.0, help="mean arrival rate, requests/s")
+    parser.add_argument("--quick", action="store_true", help="a 20-minute trace, one rate-matching mix")
+    args = parser.parse_args(argv)
+    model, hw = get_model(args.model), get_hardware(args.hardware)
+    t0 = time.perf_counter()
+    targets = (0.005, 0.01, 0.02, 0.05, 0.1)
+    print(f"## Rate matching, {model.name} on {hw.name} (TTFT ≤ 10 s; tokens/s/GPU, fluid pools)\n")
+    print("| ISL/OSL | TTL ≤ ms | α* | rate-matched | α = 0.5 | α = 3.5 | co-located | best of α = 0.5, 3.5 vs rate-matched |")
+    print("|---|---|---|---|---|---|---|---|")
+    mixes = ((8192, 256),) if args.quick else ((8192, 256), (2048, 2048), (512, 4096))
+    for isl, osl in mixes:
+        case = Case(model, hw, Workload(isl, osl, ttft_limit_s=10.0))
+        for r in rate_matching(case, targets):
+            f5, f35 = r["fixed"][0.5], r["fixed"][3.5]
+            rel = max(f5, f35) / r["rate_matched"] if r["rate_matched"] else math.nan
+            print(f"| {isl}/{osl} | {r['ttl_limit_s'] * 1e3:g} | {r['alpha']:.2f} | {r['rate_matched']:.1f} | {f5:.1f} | "
+                  f"{f35:.1f} | {r['colocated']:.1f} | {rel:.3f} |", flush=True)
+    trace = traffic_trace(args.seed, duration_s=1200.0 if args.quick else 3600.0, mean_rate_per_s=args.rate)
+    print(f"\n## Elastic scaling, {model.name}: traffic_trace(seed={args.seed}, mean {args.rate:g} req/s, "
+          f"{len(trace.t_s)} intervals of {trace.interval_s:g} s), TTFT ≤ 10 s, TTL ≤ 20 ms\n")
+    cands = elastic_candidates(model, hw, trace, ttft_limit_s=10.0, ttl_limit_s=0.02)
+    print("| re-provisioning s | static attainment | elastic goodput/GPU | best static goodput/GPU | ratio | "
+          "re-provisioning share of GPU-s |")
+    print("|---|---|---|---|---|---|")
+    results = {}
+    for reprov in (0.0, 60.0, 300.0):
+        for att in (1.0, 0.95):
+            res = elastic_scaling(model, hw, trace, ttft_limit_s=10.0, ttl_limit_s=0.02, reprovision_s=reprov,
+                                  attainment=att, candidates=cands)
+            results[(reprov, att)] = res
+            share = res.reprovision_gpu_seconds / (res.gpu_seconds + res.reprovision_gpu_seconds)
+            print(f"| {reprov:g} | {att:g} | {res.goodput_per_gpu:.1f} | {res.static_goodput_per_gpu:.1f} | "
+                  f"{res.ratio:.2f}× | {100 * share:.1f}% |", flush=True)
+    res = results[(60.0, 1.0)]
+    print(f"\nplan at 60 s re-provisioning (static: {res.static['gpus']} GPUs, "
+          + ", ".join(_fmt_layout(v) for k, v in res.static.items() if k in _ROLES) + ")\n")
+    print("| t min | λ req/s | ISL/OSL | GPUs | reloaded | configuration |")
+    print("|---|---|---|---|---|---|")
+    for p in res.plan:
+        cfg = ", ".join(f"{r[0].upper()} {_fmt_layout(p[r])}" for r in _ROLES if r in p)
+        print(f"| {p['t_s'] / 60:g} | {p['arrival_rate_per_s']:.1f} | {p['isl']}/{p['osl']} | {p['gpus']} | "
+              f"{p['reloaded_gpus']} | {cfg} |")
+    print(f"\n(candidates {res.candidates}; {time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
