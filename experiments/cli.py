@@ -85,12 +85,20 @@ def _split_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[
     return overrides
 
 
-def _list() -> None:
+def _list() -> int:
+    """Print every experiment with its description and config keys; 1 if one fails to import."""
+    status = 0
     for name in registry.names():
-        module = registry.load(name)
+        try:
+            module = registry.load(name)
+        except Exception as e:  # one broken module must not hide the others
+            print(f"{name:<16} (cannot load: {type(e).__name__}: {e})")
+            status = 1
+            continue
         keys = ", ".join(f.name for f in dataclasses.fields(module.Config))
         print(f"{name:<16} {registry.describe(name)}")
         print(f"{'':<16} keys: {keys}")
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["run", *rest]
     args = parser.parse_args(argv)
     if args.command == "list":
-        _list()
-        return 0
+        return _list()
     overrides = _split_overrides(parser, [*args.overrides, *overrides])
     try:
         config = registry.make_config(args.name, quick=args.quick, seed=args.seed,

@@ -111,6 +111,11 @@ class Config:
                      "batch_size", "steps", "eval_every", "eval_windows", "qat_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("lr", "qat_lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be > 0")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, steps={self.steps})")
         if self.hidden % self.n_heads:
@@ -136,8 +141,11 @@ class Config:
                          ffn=self.ffn, vocab=256)
 
 
-QUICK = {"n_seeds": 2, "n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 2, "ffn": 128, "seq_len": 64,
-         "steps": 200, "warmup_steps": 20, "eval_every": 50, "eval_windows": 64, "qat_steps": 50}
+# --quick: a 0.1M-parameter model, 3 seeds, RNE gradients only (stochastic rounding is 2-3x slower to emulate),
+# and the direct cast of weights + activations together (the paper's direct-cast setting).
+QUICK = {"n_seeds": 3, "n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 2, "ffn": 128, "seq_len": 64,
+         "steps": 200, "warmup_steps": 20, "eval_every": 50, "eval_windows": 64, "qat_steps": 50,
+         "train_policies": ("mxfp6_e3m2", "mxfp4w_mxfp6"), "grad_roundings": ("even",), "roles": ("both",)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,14 +254,24 @@ def train(spec: ModelSpec, policy: QuantPolicy | None, params, batches: np.ndarr
 
 
 def save_params(path, params) -> None:
+    """Write the parameter leaves to an .npz file, atomically."""
     buf = io.BytesIO()
     np.savez(buf, *[np.asarray(x) for x in jax.tree.leaves(params)])
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_params(path, like):
+    """Read parameters saved by `save_params` into the structure of `like`.
+
+    Raises:
+      ValueError: the file's arrays do not match `like` in number or shape.
+    """
     with np.load(path) as f:
         leaves = [f[f"arr_{i}"] for i in range(len(f.files))]
+    want = jax.tree.leaves(like)
+    if [x.shape for x in leaves] != [x.shape for x in want]:
+        raise ValueError(f"{path}: saved shapes {[x.shape for x in leaves][:4]}... do not match the model's "
+                         f"{[x.shape for x in want][:4]}...")
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 
@@ -461,27 +479,35 @@ def _claims(config, stat, dc, qat) -> list[str]:
         out.append(f"- **MXINT8/MXFP8 are drop-in direct-cast replacements for FP32** — {verdict} here "
                    f"(criterion: loss up < 0.5%): weights+activations cast, floor rule: "
                    + ", ".join(f"{f} {both[f]:+.4f} nats/byte ({100 * both[f] / base:+.2f}%)" for f in eight) + ".")
-    six = [r for r in qat[1:] if r["format"].startswith("mxfp6")] if qat else []
-    for r in six:
-        gap = r["before"] - qat[0]["before"]
-        needs = gap / base > 0.005
-        closed = "n/a" if r["gap_closed"] is None else f"{100 * r['gap_closed']:.0f}%"
-        out.append(f"- **{r['format']} needs some finetuning for inference** — direct cast costs {gap:+.4f} "
-                   f"nats/byte ({100 * gap / base:+.2f}%; {'needs' if needs else 'does not need'} finetuning by the "
-                   f"0.5% criterion); {config.qat_steps} finetuning steps close {closed} of the gap.")
+    six = [f for f in ("mxfp6_e3m2", "mxfp6_e2m3") if f in both]
+    if six:
+        worst = max(100 * both[f] / base for f in six)
+        verdict = "holds" if worst >= 0.5 else "does not hold"
+        qat_by = {r["format"]: r for r in qat[1:]}
+        closed = [f"{f}: {100 * qat_by[f]['gap_closed']:.0f}%" for f in six
+                  if f in qat_by and qat_by[f]["gap_closed"] is not None]
+        out.append(f"- **MXFP6 needs some finetuning for direct-cast inference** — {verdict} here (criterion: "
+                   f"direct cast raises the loss by ≥ 0.5%): " + ", ".join(
+                       f"{f} {both[f]:+.4f} nats/byte ({100 * both[f] / base:+.2f}%)" for f in six) + "."
+                   + (f" {config.qat_steps} finetuning steps close {', '.join(closed)} of the gap." if closed else ""))
     by = {(s["policy"], s["grad_rounding"]): s for s in stat}
+    fp32_loss = by["fp32", "even"]["val_loss"]
     for name, col in (("mxfp6_e3m2", 1), ("mxfp4w_mxfp6", 2)):
         lo, hi, rlo, rhi = _paper_gaps(col)
         s = by.get((name, "even"))
         if s is None or s["n"] == 0:
             continue
-        noise = ("indistinguishable from FP32 at this n (the 95% interval contains 0)"
-                 if s["delta_ci95"] is not None and abs(s["delta"]) <= s["delta_ci95"] else "resolved from noise")
-        verdict = "holds" if s["relative_pct"] <= rhi else "does not hold"
+        rel_ci = None if s["delta_ci95"] is None else 100 * s["delta_ci95"] / fp32_loss
+        if s["relative_pct"] <= rhi:
+            verdict = "holds"
+        elif rel_ci is not None and s["relative_pct"] - rel_ci > rhi:
+            verdict = "does not hold (the whole 95% interval lies above the paper's gap)"
+        else:
+            verdict = f"inconclusive with {s['n']} seeds (mean above the paper's gap, 95% interval reaching below it)"
         out.append(f"- **{POLICY_TITLES[name]} trains within {lo:.2f}–{hi:.2f} of FP32's loss "
-                   f"({rlo:.2f}–{rhi:.2f}% relative)** — {verdict} at this scale (criterion: relative gap ≤ "
-                   f"{rhi:.2f}%): Δ = {_pm(s['delta'], s['delta_ci95'])} nats/byte ({s['relative_pct']:+.2f}%), "
-                   f"{noise}.")
+                   f"({rlo:.2f}–{rhi:.2f}% relative)** — {verdict} (criterion: relative gap ≤ {rhi:.2f}%): "
+                   f"Δ = {_pm(s['delta'], s['delta_ci95'])} nats/byte ({s['relative_pct']:+.2f}%"
+                   + ("" if rel_ci is None else f" ± {rel_ci:.2f}%") + ").")
     s = by.get(("mxfp4", "even"))
     if s is not None:
         out.append("- **All-MXFP4 training** (not claimed by the paper): " + (
@@ -506,10 +532,9 @@ def _plots(config, out, runs, dc, qat) -> None:
         curves.setdefault(label, ([c[0] for c in r["curve"]], []))[1].append(val)
         if r["policy"] != "fp32" and r["seed"] in fp32:
             deltas.setdefault(label, ([c[0] for c in r["curve"]], []))[1].append(val - fp32[r["seed"]])
-    low = min(v[-1] for _, vs in curves.values() for v in vs)
     out.save_figure("loss_curves.png", plots.plot_loss_curves(
         {k: (s, np.array(v)) for k, (s, v) in curves.items()}, ylabel="validation loss (nats/byte)",
-        title="MX training from scratch (same seed, data order, hyperparameters)", ylim=(low * 0.95, low * 1.6)))
+        title="MX training from scratch (same seed, data order, hyperparameters)"))
     if deltas:
         out.save_figure("loss_delta.png", plots.plot_loss_curves(
             {k: (s, np.array(v)) for k, (s, v) in deltas.items()},

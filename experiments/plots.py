@@ -161,6 +161,8 @@ def plot_error_vs_bits(series: Mapping[str, Sequence[tuple[str, float, float]]],
                        linthresh: float = 1e-3) -> Figure:
     """Error of each format against its bits per element, one marker series per group.
 
+    Formats whose bits lie within 0.3 of each other are spread into columns 0.2 bits apart.
+
     Args:
       series: group name (e.g. "weights") -> [(format label, bits per element, error), ...].
       yscale: "linear", "log" (errors must be positive) or "symlog" (signed errors such as a loss
@@ -168,16 +170,33 @@ def plot_error_vs_bits(series: Mapping[str, Sequence[tuple[str, float, float]]],
     """
     if yscale not in ("linear", "log", "symlog"):
         raise ValueError(f"yscale={yscale!r}; valid: linear, log, symlog")
-    fig = _figure((7, 4.5))
+    fig = _figure((7.5, 4.8))
     ax = fig.add_subplot()
+    # formats within 0.3 bits of each other (FP8 at 8, MXINT8 and the MXFP8s at 8.25) are drawn in
+    # side-by-side columns 0.2 bits apart around their mean, so their markers and labels stay apart
+    formats = sorted({(b, lab) for points in series.values() for lab, b, _ in points})
+    clusters: list[list[tuple[float, str]]] = []
+    for b, lab in formats:
+        if clusters and b - clusters[-1][-1][0] < 0.3:
+            clusters[-1].append((b, lab))
+        else:
+            clusters.append([(b, lab)])
+    x_of = {lab: np.mean([b for b, _ in c]) + 0.2 * (i - (len(c) - 1) / 2)
+            for c in clusters for i, (_, lab) in enumerate(c)}
+    top: dict[str, float] = {}
     markers = "osD^v<>"
     for k, (name, points) in enumerate(series.items()):
         if not points:
             continue
-        labels, bits, err = zip(*points)
-        ax.scatter(bits, err, marker=markers[k % len(markers)], color=f"C{k % 10}", label=name, zorder=3)
-        for lab, b, e in points:
-            ax.annotate(lab, (b, e), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        labels, _, err = zip(*points)
+        ax.scatter([x_of[lab] for lab in labels], err, marker=markers[k % len(markers)], color=f"C{k % 10}",
+                   label=name, zorder=3, alpha=0.85)
+        for lab, e in zip(labels, err):
+            top[lab] = max(top.get(lab, -np.inf), e)
+    for lab, e in top.items():
+        ax.annotate(lab, (x_of[lab], e), xytext=(0, 6), textcoords="offset points", fontsize=7, rotation=90,
+                    ha="center", va="bottom")
+    ax.margins(y=0.2)
     if yscale == "symlog":
         ax.set_yscale("symlog", linthresh=linthresh)
         ax.axhline(0.0, color="k", lw=0.6)

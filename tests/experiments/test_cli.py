@@ -23,6 +23,14 @@ def test_list_names_every_experiment_and_its_keys(dummy, capsys, monkeypatch):
     assert "keys: n, scale, label, flag, sizes, limit, seed, hardware, chunk, interrupt_after" in out
 
 
+def test_list_reports_a_module_that_cannot_load(dummy, capsys, monkeypatch):
+    monkeypatch.setattr(registry, "EXPERIMENTS", {"dummy": registry.EXPERIMENTS["dummy"],
+                                                  "broken": "experiments._no_such_module"})
+    assert cli.main(["list"]) == 1
+    out = capsys.readouterr().out
+    assert "broken           (cannot load: ModuleNotFoundError" in out and "dummy" in out
+
+
 def test_unknown_experiment_lists_valid_names(dummy, capsys):
     code, io = _run_cli(["run", "nosuch"], capsys)
     assert code == 2
