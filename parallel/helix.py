@@ -143,6 +143,7 @@ def helix_geometry(
 def helix_local(
     q: jax.Array, k: jax.Array, v: jax.Array | None, kv_len: jax.Array, *, lm: LayoutMesh,
     geo: HelixGeometry, scale: float, v_dim: int | None = None, post=None, comm_format: str = "fp32",
+    comm_scale_rule: str | None = None,
 ) -> jax.Array:
     """Per-device Helix attention (call inside shard_map); returns [B_local, Q/N, Dv].
 
@@ -157,6 +158,7 @@ def helix_local(
       post: optional per-head linear map of the partial outputs [B, Q/TPA, Dv] -> [B, Q/TPA, Dout],
         applied before the exchange (MLA's W_UV; exact because the LSE combine is linear in them).
       comm_format: numerics format of the all-to-all payload ("fp32": no quantization).
+      comm_scale_rule: its MX scale rule (None: the format's default).
     """
     rank = lax.axis_index(lm.kvp) if lm.kvp else jnp.int32(0)
     positions = _slot_positions(geo.local_seq, rank, geo.kvp, geo.block)
@@ -179,7 +181,7 @@ def helix_local(
     def finish(out, lse):
         if geo.kvp == 1:
             return out
-        outs, lses = exchange_partials(out, lse, lm.kvp, geo.kvp, comm_format)
+        outs, lses = exchange_partials(out, lse, lm.kvp, geo.kvp, comm_format, comm_scale_rule)
         return blocks.combine_partials(outs, lses, axis=1)[0]
 
     # Software pipeline (HOP-B): exchange of micro-batch i is issued before attention of i+1, with no

@@ -71,7 +71,7 @@ class LayerPlan:
       lm: the mesh. spec: the model. geo: Helix attention geometry.
       dot_general: contraction for projections (a numerics policy's, or lax.dot_general).
       kv_quantize: applied to each new K/V (or MLA latent) row along head_dim before it is stored.
-      comm_format: numerics format of the all-to-all payload.
+      comm_format, comm_scale_rule: numerics format and MX scale rule of the all-to-all payload.
     """
 
     lm: LayoutMesh
@@ -80,6 +80,7 @@ class LayerPlan:
     dot_general: Callable = lax.dot_general
     kv_quantize: Callable = _identity
     comm_format: str = "fp32"
+    comm_scale_rule: str | None = None
 
 
 def layout_of(lm: LayoutMesh, *, batch: int = 1, microbatches: int = 1, hopb: bool = True) -> Layout:
@@ -109,12 +110,14 @@ def make_plan(
                          tokens_per_block=tokens_per_block, microbatches=microbatches, hopb=hopb)
     if policy is None:
         return LayerPlan(lm, spec, geo)
-    from numerics import fake_quantize
+    kv_quantize = _identity
+    if policy.kv_cache != "fp32":
+        def kv_quantize(x):
+            return policy.quantize_role("kv_cache", x, axis=-1)  # along head_dim, the policy's scale rule
 
-    kv_format = policy.kv_cache
     return LayerPlan(
-        lm, spec, geo, dot_general=policy.dot_general, comm_format=policy.communication,
-        kv_quantize=_identity if kv_format == "fp32" else (lambda x: fake_quantize(x, kv_format, axis=-1)),
+        lm, spec, geo, dot_general=policy.dot_general, kv_quantize=kv_quantize, comm_format=policy.communication,
+        comm_scale_rule=policy.scale_rule_for(policy.communication),
     )
 
 
@@ -164,7 +167,7 @@ def attention_local(x, w: AttentionWeights | MLAWeights, cache, kv_len, plan: La
                                      preferred_element_type=jnp.float32), (1, 0, 2))
 
         o = helix_local(q, c[:, :, None, :], None, kv_len + 1, lm=lm, geo=geo, scale=(d + spec.rope_dim) ** -0.5,
-                        v_dim=r, post=post, comm_format=plan.comm_format)
+                        v_dim=r, post=post, comm_format=plan.comm_format, comm_scale_rule=plan.comm_scale_rule)
     else:
         q = blocks.rope(_proj(dot, h, w.wq), kv_len)
         k_new = blocks.rope(_proj(dot, h, w.wk), kv_len)
@@ -173,7 +176,7 @@ def attention_local(x, w: AttentionWeights | MLAWeights, cache, kv_len, plan: La
         kc = append_local(kc, plan.kv_quantize(k_new), kv_len, rank, geo.kvp, geo.block)
         vc = append_local(vc, plan.kv_quantize(v_new), kv_len, rank, geo.kvp, geo.block)
         new_cache = (kc, vc)
-        o = helix_local(q, kc, vc, kv_len + 1, lm=lm, geo=geo, scale=d**-0.5, comm_format=plan.comm_format)
+        o = helix_local(q, kc, vc, kv_len + 1, lm=lm, geo=geo, scale=d**-0.5, comm_format=plan.comm_format, comm_scale_rule=plan.comm_scale_rule)
     b, qn, dv = o.shape
     y = _proj(dot, o.reshape(b, qn * dv), w.wo.reshape(qn * dv, -1))  # W_O: TP over all N
     return _psum(y, lm.attention_group, lm), new_cache

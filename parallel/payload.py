@@ -20,7 +20,8 @@ from jax import lax
 
 
 def exchange_partials(
-    out: jax.Array, lse: jax.Array, axes: tuple[str, ...], kvp: int, comm_format: str = "fp32"
+    out: jax.Array, lse: jax.Array, axes: tuple[str, ...], kvp: int, comm_format: str = "fp32",
+    scale_rule: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """All-to-all over KVP of partial attentions, head chunk c going to KVP rank c.
 
@@ -30,6 +31,7 @@ def exchange_partials(
       axes: the mesh axes of KVP.
       kvp: KVP degree (divides Q_local).
       comm_format: numerics format of the payload.
+      scale_rule: MX scale rule of the payload ("floor", "rceil"; None: the format's default).
 
     Returns:
       (outs [B, KVP, Q_local/KVP, Dv], lses [B, KVP, Q_local/KVP]): the partials of this rank's head
@@ -41,7 +43,7 @@ def exchange_partials(
         payload = jnp.concatenate([out, lse[..., None]], axis=-1).reshape(b, kvp, qn, dv + 1)
         recv = lax.all_to_all(payload, axes, 1, 1)
         return recv[..., :dv], recv[..., dv]
-    return _exchange_quantized(out.reshape(b, kvp, qn, dv), lse.reshape(b, kvp, qn), axes, comm_format)
+    return _exchange_quantized(out.reshape(b, kvp, qn, dv), lse.reshape(b, kvp, qn), axes, comm_format, scale_rule)
 
 
 def _bitcast_bytes(a: jax.Array) -> jax.Array:
@@ -100,7 +102,7 @@ def _unpack(data: jax.Array, bits: int, n: int, dtype) -> jax.Array:
     return lax.bitcast_convert_type(u.astype(jnp.uint4), dtype)
 
 
-def _exchange_quantized(out, lse, axes, comm_format):
+def _exchange_quantized(out, lse, axes, comm_format, scale_rule):
     """out [B, KVP, Qn, Dv], lse [B, KVP, Qn]: quantize each destination chunk, send bytes, decode."""
     from numerics import QuantizedArray, dequantize, get_format, quantize
 
@@ -109,7 +111,8 @@ def _exchange_quantized(out, lse, axes, comm_format):
     kvp = out.shape[1]
     # One self-contained message per destination. A Python loop, not vmap: numerics' tensor scales
     # (NVFP4, fp8_e4m3) differ by an ulp under vmap, and each chunk must equal its own quantize().
-    per_dest = [quantize(out[:, c], fmt, axis=-1) for c in range(kvp)]
+    rule = scale_rule if fmt.kind == "mx" else None
+    per_dest = [quantize(out[:, c], fmt, axis=-1, scale_rule=rule) for c in range(kvp)]
     q = jax.tree.map(lambda *leaves: jnp.stack(leaves), *per_dest)  # [KVP, B, Qn, ·] leaves
     parts = [("codes", q.codes, _pack(q.codes, bits)),
              ("lse", None, _bitcast_bytes(jnp.swapaxes(lse, 0, 1)[..., None]))]
