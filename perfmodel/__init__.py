@@ -1,25 +1,25 @@
-"""perfmodel: a differentiable analytical cost model of LLM inference."""
+"""perfmodel: a differentiable analytical cost model of LLM inference.
 
-from .presets import HARDWARE as HARDWARE
-from .presets import MODELS as MODELS
-from .presets import get_hardware as get_hardware
-from .presets import get_model as get_model
-from .specs import HardwareSpec as HardwareSpec
-from .specs import Layout as Layout
-from .specs import LinkLevel as LinkLevel
-from .specs import ModelSpec as ModelSpec
-from .specs import Workload as Workload
-from .specs import format_bits as format_bits
-from .efficiency import Efficiency as Efficiency
-from .efficiency import EfficiencyParams as EfficiencyParams
+Specs and presets (`specs`, `presets`), per-op costs (`ops`) with learnable efficiencies
+(`efficiency`), steps of a model under a layout (`step`), serving metrics and Pareto frontiers
+(`serving`), energy (`energy`), exhaustive sweeps (`sweep`) and the paper studies (`studies`).
+Everything numeric is jnp: jit-able, vmap-able over design points, differentiable.
+"""
+
 from .efficiency import LINK_LEVELS as LINK_LEVELS
 from .efficiency import OP_CLASSES as OP_CLASSES
 from .efficiency import POWER_COMPONENTS as POWER_COMPONENTS
+from .efficiency import Efficiency as Efficiency
+from .efficiency import EfficiencyParams as EfficiencyParams
 from .efficiency import constrain as constrain
 from .efficiency import datasheet_params as datasheet_params
 from .efficiency import params_from_dict as params_from_dict
 from .efficiency import params_to_dict as params_to_dict
 from .efficiency import unconstrain as unconstrain
+from .energy import Energy as Energy
+from .energy import disaggregated_energy as disaggregated_energy
+from .energy import energy_per_token as energy_per_token
+from .energy import step_power as step_power
 from .ops import collective_time as collective_time
 from .ops import decode_attention_time as decode_attention_time
 from .ops import elementwise_time as elementwise_time
@@ -27,3 +27,34 @@ from .ops import gemm_time as gemm_time
 from .ops import grouped_gemm_time as grouped_gemm_time
 from .ops import prefill_attention_time as prefill_attention_time
 from .ops import smooth_max as smooth_max
+from .presets import HARDWARE as HARDWARE
+from .presets import MODELS as MODELS
+from .presets import get_hardware as get_hardware
+from .presets import get_model as get_model
+from .serving import Serving as Serving
+from .serving import colocated as colocated
+from .serving import disaggregated as disaggregated
+from .serving import envelope as envelope
+from .serving import pareto_front as pareto_front
+from .serving import pareto_mask as pareto_mask
+from .serving import sla_mask as sla_mask
+from .specs import HardwareSpec as HardwareSpec
+from .specs import Layout as Layout
+from .specs import LinkLevel as LinkLevel
+from .specs import ModelSpec as ModelSpec
+from .specs import Workload as Workload
+from .specs import format_bits as format_bits
+from .step import LayoutArrays as LayoutArrays
+from .step import Memory as Memory
+from .step import StepCost as StepCost
+from .step import decode_step as decode_step
+from .step import fits as fits
+from .step import layout_arrays as layout_arrays
+from .step import make_layout_arrays as make_layout_arrays
+from .step import memory_footprint as memory_footprint
+from .step import mixed_step as mixed_step
+from .step import prefill_step as prefill_step
+from .step import stack_layouts as stack_layouts
+from .sweep import decode_sweep as decode_sweep
+from .sweep import enumerate_layouts as enumerate_layouts
+from .sweep import evaluate as evaluate

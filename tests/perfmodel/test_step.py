@@ -178,7 +178,8 @@ def _mid_params():
 
 @pytest.mark.parametrize("name,degrees", [
     ("llama-3.1-405b", dict(tpa=3.3, kvp=2.7, tpf=8.91, batch=6.5, microbatches=1.7, hopb=0.6)),
-    ("deepseek-r1", dict(tpa=1.0, kvp=5.3, dp_attn=1.4, ep=7.42, tpf=1.0, batch=9.5, microbatches=1.3)),
+    pytest.param("deepseek-r1", dict(tpa=1.0, kvp=5.3, dp_attn=1.4, ep=7.42, tpf=1.0, batch=9.5, microbatches=1.3),
+                 marks=pytest.mark.slow),  # ~10 s of XLA compilation for the MLA + MoE backward pass
 ])
 def test_check_grads_decode_step(name, degrees):
     fn = _relaxed(get_model(name), degrees, 1e5)
@@ -215,3 +216,12 @@ def test_uneven_splits_round_up_and_relaxed_agrees_when_even():
     w1 = float(memory_footprint(m, lay._replace(pp=jnp.float32(1.0)), 0.0).weights_bytes)
     embed = m.vocab * m.hidden * 0.5  # one of the two embedding tables leaves the stage
     assert w == pytest.approx((w1 - 2 * embed) * 31 / 61 + 1.5 * embed, rel=1e-5)
+
+
+def test_check_grads_moe_and_overlap_pieces():
+    # the MoE and HOP-B pieces of the DeepSeek path, cheaply (the full MLA + MoE model is a slow test)
+    check_grads(lambda tok: expected_active_experts(256.0, 8.0, tok), (jnp.float32(13.7),), order=2, eps=1e-2,
+                atol=1e-2, rtol=1e-2)
+    check_grads(lambda c, m, n, o: hopb_time(c, m, n, o), tuple(map(jnp.float32, (2.0, 1.7, 5.5, 0.4))), order=1,
+                eps=1e-3, atol=1e-2, rtol=1e-2)
+    check_grads(max1_relaxed, (jnp.float32(1.37),), order=1, eps=1e-3, atol=1e-2, rtol=1e-2)
