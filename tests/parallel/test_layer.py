@@ -123,3 +123,14 @@ def test_layout_errors_name_the_numbers(specs, random_model):
     plan_tpf = make_plan(specs["moe"], make_mesh(Layout(kvp=2, tpa=4, tpf=8, ep=1, batch=B)), batch=B, seq=S)
     with pytest.raises(ValueError, match=r"tpf=8 does not divide expert_ffn=12"):
         decoder_layer(x, bad, caches, KV_LEN, plan=plan_tpf)
+
+
+def test_sharded_ffn_tpf_ep(specs, random_model, assert_close):
+    """The FFN alone on TPF=2 × EP=4 (split mesh axes: kvp=8 viewed as 4 × 2) equals the reference."""
+    from parallel import sharded_ffn
+    from parallel.ffn import ffn_reference
+
+    w, x, _ = _layer_inputs(specs["moe"], random_model)
+    lm = make_mesh(Layout(kvp=8, tpa=1, tpf=2, ep=4, batch=B))
+    out = jax.jit(lambda x, w: sharded_ffn(x, w, mesh=lm, top_k=2))(x, w.ffn)
+    assert_close(out, jax.jit(lambda x, w: ffn_reference(x, w, top_k=2))(x, w.ffn))
