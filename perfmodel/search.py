@@ -61,8 +61,10 @@ batch to the nearest grid value. Per structure the largest feasible batch is fou
 and bisection on the batch grid (TTL, TTFT and memory rise with B), then the last few grid
 batches below it and the largest one divisible by min(pp, B)·dp_attn are compared (uneven
 splits make tokens/s/GPU non-monotone in B). A hill climb then visits the structures within L1
-distance 2 in (log2 degrees, pp index, micro-batch / chunk index) of the incumbent, pool by pool,
-until no neighbour improves; `solve_pools` sizes the pools.
+distance 2 in (log2 degrees, pp index, micro-batch / chunk index) of the incumbent and those with
+its replica size, pool by pool, until no neighbour improves; `solve_pools` sizes the pools. When
+no rounded start is feasible, a descent on the largest violation (memory, TTFT, TTL at the
+smallest batch) over the same neighbourhoods restores feasibility first.
 
 Evaluations (the headline cost): the exhaustive search's |P| + |D| + |C|; for the gradient
 search starts × steps per pool (one value-and-gradient evaluation of one design point counts as
@@ -776,6 +778,7 @@ class _Pool:
         self.lattice = np.concatenate([deg, np.asarray([[pp_index[p]] for p in rows[:, 5]]), rows[:, 6:]], 1)
         self.coords = np.concatenate([np.log2(rows[:, :6]), pos[rows[:, 6]][:, None]], 1)
         self.l1 = np.abs(self.lattice[:, None, :] - self.lattice[None, :, :]).sum(-1)
+        self.size = np.prod(rows[:, :3], 1) * rows[:, 5]  # GPUs per replica
         self.bits = case.space.bits
         self.fn = pool_evaluator(case.model, case.hw, phase)
         self.cache: dict[tuple, tuple] = {}
@@ -796,6 +799,10 @@ class _Pool:
         elif s and kvp > 1:
             mb = -(-b // (min(pp, b) * d))  # one request per micro-batch (as `enumerate_layouts`)
         return (tpa, kvp, d, tpf, ep, pp, 1, b, mb, chunk, 1, *self.bits)
+
+    def neighbours(self, si: int) -> np.ndarray:
+        """Structures within L1 distance 2 of si, or of its replica size (si excluded)."""
+        return np.flatnonzero(((self.l1[si] <= 2) | (self.size == self.size[si])) & (self.l1[si] > 0))
 
     def min_batch_index(self, si: int) -> int:
         return int(np.searchsorted(self.grid, self.struct[si, 2]))  # batch ≥ dp_attn
@@ -940,7 +947,9 @@ def _system_value(case: Case, pf: _Incumbent | None, dc: _Incumbent):
 
 
 def _polish(case: Case, pools: dict, inc: dict, window: int, max_rounds: int):
-    """Hill climb over structures within L1 distance 2, pool by pool (the other pool fixed)."""
+    """Hill climb, pool by pool (the other pool fixed), over `_Pool.neighbours`: the structures
+    within L1 distance 2 and those of the incumbent's replica size (a relaxation biased towards,
+    say, uneven pipeline stages lands on the right size but a distant split of it)."""
     for _ in range(max_rounds):
         improved = False
         for phase, pool in pools.items():
@@ -952,7 +961,7 @@ def _polish(case: Case, pools: dict, inc: dict, window: int, max_rounds: int):
                 return _system_value(case, trial.get("prefill"), trial.get("decode", trial.get("colocated")))[0]
 
             base = value(cur.si, cur.met)
-            neigh = np.flatnonzero((pool.l1[cur.si] <= 2) & (pool.l1[cur.si] > 0))
+            neigh = pool.neighbours(cur.si)
             found = _best_batches(pool, {int(s): _guess(pool, cur.si, cur.bi, int(s)) for s in neigh}, value, window)
             if found:
                 si = max(found, key=lambda s: found[s][2])
@@ -974,7 +983,7 @@ def _violation(pool: _Pool, met) -> float:
 
 def _restore_feasibility(pool: _Pool, structs: list, max_rounds: int = 16):
     """When no rounded start is feasible: descend on the violation at each structure's smallest
-    batch (where memory, TTFT and TTL are least) over neighbours within L1 distance 2."""
+    batch (where memory, TTFT and TTL are least) over `_Pool.neighbours`."""
     viol = lambda ss: [_violation(pool, m) for m in pool.evaluate([(s, pool.min_batch_index(s)) for s in ss])]  # noqa: E731
     structs = [s for s in structs if pool.min_batch_index(s) < len(pool.grid)]
     if not structs:
@@ -985,8 +994,7 @@ def _restore_feasibility(pool: _Pool, structs: list, max_rounds: int = 16):
         for _ in range(max_rounds):
             if best <= 0:
                 return cur
-            neigh = [int(s) for s in np.flatnonzero((pool.l1[cur] <= 2) & (pool.l1[cur] > 0))
-                     if pool.min_batch_index(int(s)) < len(pool.grid)]
+            neigh = [int(s) for s in pool.neighbours(cur) if pool.min_batch_index(int(s)) < len(pool.grid)]
             v = viol(neigh) if neigh else [np.inf]
             if min(v) >= best:
                 break
