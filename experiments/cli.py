@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "list":
         return _list()
+    import jax  # before any backend starts: Helix experiments (quickstart, helix-mx) need 8 CPU devices
+    if jax.config.jax_num_cpu_devices < 0:  # unset (JAX_NUM_CPU_DEVICES or a caller may have chosen)
+        jax.config.update("jax_num_cpu_devices", 8)
     overrides = _split_overrides(parser, [*args.overrides, *overrides])
     try:
         config = registry.make_config(args.name, quick=args.quick, seed=args.seed,
