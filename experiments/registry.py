@@ -29,6 +29,7 @@ from . import results
 # CLI name -> module. Add an entry when you add experiments/<module>.py.
 EXPERIMENTS: dict[str, str] = {
     "mx-accuracy": "experiments.mx_accuracy",
+    "calibrate": "experiments.calibration",
 }
 
 
