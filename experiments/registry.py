@@ -30,6 +30,7 @@ from . import results
 EXPERIMENTS: dict[str, str] = {
     "mx-accuracy": "experiments.mx_accuracy",
     "calibrate": "experiments.calibration",
+    "helix-pareto": "experiments.helix_pareto",
 }
 
 
