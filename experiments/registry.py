@@ -31,6 +31,7 @@ EXPERIMENTS: dict[str, str] = {
     "mx-accuracy": "experiments.mx_accuracy",
     "calibrate": "experiments.calibration",
     "helix-pareto": "experiments.helix_pareto",
+    "disagg-pareto": "experiments.disagg_pareto",
 }
 
 
