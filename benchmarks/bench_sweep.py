@@ -6,13 +6,14 @@ tokens/s/user, tokens/s/GPU, rate-matched α, memory fit) and energy (J/token of
 Printed side by side in one run: the blocked evaluation of perfmodel.sweep.evaluate, a flat vmap,
 and a 10-op smooth roofline (the reference figure of NOTES.md). The last line is one JSON object.
 
-    python benchmarks/bench_sweep.py [--points 2097152] [--model deepseek-r1]
+    python benchmarks/bench_sweep.py [--points 2097152] [--models deepseek-r1,llama-3.1-70b]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -76,83 +77,89 @@ def roofline10(hw):
     return point
 
 
-def best_of(fn, *args, rounds=5):
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
+def throughput(model, hw, params, n, rounds):
+    """Points/s of sweep.evaluate, of one vmap over all points, and of the 10-op reference."""
+    pts = random_points(model, n)
+    point = full_model(model, hw, params)
+    pairs = LayoutArrays(*(np.asarray(c).T for c in pts))  # fields [n, 2]: (prefill, decode)
+    flat = jax.jit(jax.vmap(point, in_axes=1))
+    x = jnp.asarray(np.random.default_rng(1).uniform(1, 100, n), jnp.float32)
+    ref = jax.jit(jax.vmap(roofline10(hw)))
+    runs = {"chunked": lambda: evaluate(point, pairs), "flat": lambda: flat(pts), "roofline10": lambda: ref(x)}
+    best = {k: float("inf") for k in runs}
+    for f in runs.values():
+        jax.block_until_ready(f())
+    for _ in range(rounds):  # interleaved rounds, best of each
+        for k, f in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            best[k] = min(best[k], time.perf_counter() - t0)
+    np.testing.assert_allclose(evaluate(point, pairs)["ttl"], np.asarray(flat(pts)["ttl"]), rtol=1e-5)
+    cpu = float("inf")  # process CPU time: less sensitive than wall time to other users of the machine
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
+        c0 = time.process_time()
+        evaluate(point, pairs)
+        cpu = min(cpu, time.process_time() - c0)
+    out = {k: n / v for k, v in best.items()}
+    out["cpu_ns_per_point"] = cpu / n * 1e9
+    return out, pts
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=1 << 21)
-    ap.add_argument("--model", default="deepseek-r1")
+    ap.add_argument("--models", default="deepseek-r1,llama-3.1-70b")
     ap.add_argument("--hardware", default="gb200-nvl72")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    model, hw = get_model(args.model), get_hardware(args.hardware)
+    hw = get_hardware(args.hardware)
     params = datasheet_params(hw)
     n = args.points
-    pts = random_points(model, n)
-    point = full_model(model, hw, params)
-    pairs = LayoutArrays(*(np.asarray(c).T for c in pts))  # fields [n, 2]: (prefill, decode)
-
-    def chunked():
-        return evaluate(point, pairs)
-
-    flat = jax.jit(jax.vmap(point, in_axes=1))
-    x = jnp.asarray(np.random.default_rng(1).uniform(1, 100, n), jnp.float32)
-    ref = jax.jit(jax.vmap(roofline10(hw)))
-    runs = {"chunked": lambda: chunked(), "flat": lambda: flat(pts), "roofline10": lambda: ref(x)}
-    best = {k: float("inf") for k in runs}
-    for k, f in runs.items():
-        jax.block_until_ready(f())
-    for _ in range(args.rounds):  # interleaved rounds, best of each
-        for k, f in runs.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(f())
-            best[k] = min(best[k], time.perf_counter() - t0)
-    out_c, out_f = chunked(), flat(pts)
-    np.testing.assert_allclose(out_c["ttl"], np.asarray(out_f["ttl"]), rtol=1e-5)
-    pps = {k: n / v for k, v in best.items()}
-
-    # one jax.grad through the model: d(sum of log tokens/s/GPU)/d(efficiency params) over a batch
-    # of design points, and d(TTL)/d(params, relaxed degrees) of a single decode design point
-    def loss(p, sub):
-        o = jax.vmap(full_model(model, hw, p), in_axes=1)(sub)
-        return jnp.sum(jnp.log(o["tps_gpu"]))
-    n_grad = min(n, 1 << 13)
-    sub = jax.tree.map(lambda a: a[:, :n_grad], pts)
-    g = jax.jit(jax.grad(loss))
-    t0 = time.perf_counter()
-    jax.block_until_ready(g(params, sub))
-    t_grad_compile = time.perf_counter() - t0
-    t_grad = min(_timed(g, params, sub) for _ in range(args.rounds))
-    one = jax.jit(jax.grad(lambda p, deg: decode_step(model, hw, p, make_layout_arrays(**deg), ISL + OSL / 2,
-                                                      relaxed=True).time_s, argnums=(0, 1)))
-    deg = dict(tpa=jnp.float32(1.5), kvp=jnp.float32(3.0), ep=jnp.float32(4.5), tpf=jnp.float32(1.0),
-               batch=jnp.float32(17.0))
-    jax.block_until_ready(one(params, deg))
-    t_one = min(_timed(one, params, deg) for _ in range(20))
-
-    print(f"model {args.model} on {args.hardware}, {n:,} design points "
-          "(prefill + decode + co-located + serving metrics + energy)")
-    print(f"  sweep.evaluate (8,192-point chunks): {pps['chunked'] / 1e6:8.2f} M points/s")
-    print(f"  one vmap over all points:            {pps['flat'] / 1e6:8.2f} M points/s   "
-          f"(chunked/flat {pps['chunked'] / pps['flat']:.2f}×)")
-    print(f"  10-op smooth roofline reference:     {pps['roofline10'] / 1e6:8.2f} M points/s   "
-          f"(the full model costs {pps['roofline10'] / pps['chunked']:.1f}× more per point)")
-    print(f"  jax.grad over {n_grad:,} full design points w.r.t. the efficiency pytree: {t_grad * 1e3:.1f} ms "
-          f"(compile {t_grad_compile:.1f} s)")
-    print(f"  jax.grad of one decode step w.r.t. params and relaxed degrees: {t_one * 1e6:.1f} µs")
-    print(json.dumps({"model": args.model, "hardware": args.hardware, "points": n,
-                      "points_per_s": round(pps["chunked"]), "flat_vmap_points_per_s": round(pps["flat"]),
-                      "roofline10_points_per_s": round(pps["roofline10"]),
-                      "grad_s": round(t_grad, 4), "grad_points": n_grad, "grad_compile_s": round(t_grad_compile, 2),
-                      "grad_one_point_s": round(t_one, 7)}))
+    summary = {"hardware": args.hardware, "points": n, "cpu_count": os.cpu_count()}
+    print(f"{n:,} design points per model on {args.hardware}; one point = prefill + decode + co-located "
+          "iteration + serving metrics (TTFT, TTL, tokens/s/user, tokens/s/GPU, rate-matched α, fit) + energy")
+    for i, name in enumerate(args.models.split(",")):
+        model = get_model(name)
+        pps, pts = throughput(model, hw, params, n, args.rounds)
+        print(f"{name}:")
+        print(f"  sweep.evaluate (8,192-point chunks, {os.cpu_count()} threads): {pps['chunked'] / 1e6:8.2f} M points/s")
+        print(f"  one vmap over all points:                      {pps['flat'] / 1e6:8.2f} M points/s   "
+              f"(evaluate / flat {pps['chunked'] / pps['flat']:.2f}×)")
+        print(f"  10-op smooth roofline reference:               {pps['roofline10'] / 1e6:8.2f} M points/s   "
+              f"(a full point costs {pps['roofline10'] / pps['chunked']:.0f}× one reference point)")
+        print(f"  CPU time per point (all threads):              {pps['cpu_ns_per_point']:8.1f} ns   "
+              f"(≈ {os.cpu_count() / pps['cpu_ns_per_point'] * 1e3:.1f} M points/s if every core were ours)")
+        key = name.replace("-", "_").replace(".", "_")
+        summary[f"{key}_cpu_ns_per_point"] = round(pps["cpu_ns_per_point"], 1)
+        summary[f"{key}_points_per_s"] = round(pps["chunked"])
+        summary[f"{key}_flat_vmap_points_per_s"] = round(pps["flat"])
+        summary[f"{key}_roofline10_points_per_s"] = round(pps["roofline10"])
+        if i:
+            continue
+        # one jax.grad through the model: d(sum of log tokens/s/GPU)/d(efficiency params) over a
+        # batch of full design points, and d(TTL)/d(params, relaxed degrees) of one decode point
+        def loss(p, sub, model=model):
+            o = jax.vmap(full_model(model, hw, p), in_axes=1)(sub)
+            return jnp.sum(jnp.log(o["tps_gpu"]))
+        n_grad = min(n, 1 << 13)
+        sub = jax.tree.map(lambda a: a[:, :n_grad], pts)
+        g = jax.jit(jax.grad(loss))
+        t0 = time.perf_counter()
+        jax.block_until_ready(g(params, sub))
+        t_compile = time.perf_counter() - t0
+        t_grad = min(_timed(g, params, sub) for _ in range(args.rounds))
+        one = jax.jit(jax.grad(lambda p, deg, model=model: decode_step(
+            model, hw, p, make_layout_arrays(**deg), ISL + OSL / 2, relaxed=True).time_s, argnums=(0, 1)))
+        deg = dict(tpa=jnp.float32(1.5), kvp=jnp.float32(3.0), ep=jnp.float32(4.5), tpf=jnp.float32(1.0),
+                   batch=jnp.float32(17.0))
+        jax.block_until_ready(one(params, deg))
+        t_one = min(_timed(one, params, deg) for _ in range(20))
+        print(f"  jax.grad over {n_grad:,} full points w.r.t. the efficiency pytree: {t_grad * 1e3:.1f} ms "
+              f"(compile {t_compile:.1f} s)")
+        print(f"  jax.grad of one decode step w.r.t. params and relaxed degrees: {t_one * 1e6:.1f} µs")
+        summary.update(grad_model=name, grad_points=n_grad, grad_s=round(t_grad, 4),
+                       grad_compile_s=round(t_compile, 2), grad_one_point_s=round(t_one, 7))
+    print(json.dumps(summary))
 
 
 def _timed(f, *a):

@@ -5,10 +5,12 @@ function here is jit-able, `vmap`-able over millions of layouts and differentiab
 (relaxed to reals) and in the efficiency parameters. `layout_arrays(Layout)` converts the frozen
 spec. API:
 
-    decode_step(model, hw, params, lay, seq_len) -> StepCost          one token for every sequence
-    prefill_step(model, hw, params, lay, isl) -> StepCost             the prompts of `batch` sequences
-    mixed_step(model, hw, params, lay, seq_len, isl, osl) -> StepCost  decode + piggybacked prefill
-    memory_footprint(model, lay, seq_len, tokens) -> Memory           per GPU: weights, KV, activations
+    decode_step(model, hw, params, lay, seq_len, *, relaxed=False) -> StepCost    a token per sequence
+    prefill_step(model, hw, params, lay, isl, *, relaxed=False) -> StepCost       prompts of `batch` seqs
+    mixed_step(model, hw, params, lay, seq_len, isl, osl, *, relaxed=False) -> StepCost
+                                                                      decode + piggybacked prefill
+    memory_footprint(model, lay, seq_len, tokens, *, relaxed=False) -> Memory   per GPU bytes
+    fits(model, hw, lay, seq_len, tokens, *, relaxed=False) -> (bool, HBM use ratio)
     decode_read_bytes(model, lay, seq_len) -> (kv, weights)           per GPU per dense layer
     appendix_a_read_times(...)                                        the paper's roofline, literally
 
@@ -28,6 +30,12 @@ G = kvp·tpa is one attention group, T tokens per replica, T_a = T / dp_attn per
 Familiar layouts: TP (tpa = tpf = N), Helix (kvp·tpa = tpf·ep = N), DP attention + EP (dp_attn =
 ep = N), Medha-style KVP (kvp·tpa = N, FFN TP over tpf = tpa only, replicated: tpf·ep < N is allowed
 in `LayoutArrays` for dense models, not in `Layout`).
+
+Integer layouts are costed exactly (uneven splits round up: the largest DP group, pipeline
+micro-batch or stage sets the time); `relaxed=True` drops those roundings for gradient search, and
+max(1, K/TPA) has a C¹ relaxation that is exact at every valid TPA. Not modeled: expert load
+imbalance (tokens are routed uniformly), KV-append writes, sampling/logit communication, and
+prefill under KVP beyond splitting its attention (the QKV projections stay replicated over KVP).
 """
 
 from __future__ import annotations
