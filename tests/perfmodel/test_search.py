@@ -18,7 +18,7 @@ from jax.test_util import check_grads
 from perfmodel import Workload, datasheet_params, get_hardware, get_model
 from perfmodel.search import (
     MODES, N_THETA, Case, SearchSpace, batch_grid, exhaustive_search, gradient_search, phase_layouts,
-    phase_metrics, phase_tables, relaxed_loss, relaxed_terms, sla_sweep, solve_pools,
+    phase_tables, relaxed_loss, relaxed_terms, sla_sweep, solve_pools,
 )
 from perfmodel.search import _Pool
 from perfmodel.serving import colocated, disaggregated, replica_gpus
@@ -59,7 +59,8 @@ def _rows(lay: LayoutArrays):
 
 def _reference(case):
     """A plain Python loop over every (prefill, decode, n_p, n_d) and every co-located layout,
-    costed by `serving.disaggregated` / `serving.colocated`: (best tokens/s/GPU, frontier points)."""
+    costed by `serving.disaggregated` / `serving.colocated`: (best tokens/s/GPU, frontier points,
+    the Serving of every pair, the Serving of every co-located layout)."""
     w, G = case.workload, case.space.max_total_gpus
     pf, _ = phase_layouts(case, "prefill")
     dc, _ = phase_layouts(case, "decode")
@@ -88,13 +89,23 @@ def _reference(case):
             points.append((1.0 / float(co.ttl_s[j]), float(co.tokens_per_s_per_gpu[j])))
             if co.ttl_s[j] <= w.ttl_limit_s:
                 best = max(best, float(co.tokens_per_s_per_gpu[j]))
-    return best, points
+    return best, points, s, co
 
 
 def test_exhaustive_agrees_with_python_loop(tables):
     case = _case()
     res = exhaustive_search(case, tables=tables)
-    best, points = _reference(case)
+    best, points, dis, co = _reference(case)
+    # the per-pool tables compose to serving.disaggregated / serving.colocated at every point
+    mp, md, mc = tables["prefill"].metrics, tables["decode"].metrics, tables["colocated"].metrics
+    np.testing.assert_allclose(OSL / (1 / mp.rate_per_gpu[:, None] + 1 / md.rate_per_gpu[None, :]),
+                               dis.tokens_per_s_per_gpu, rtol=2e-5)
+    np.testing.assert_allclose(np.broadcast_to(mp.ttft_s[:, None], dis.ttft_s.shape), dis.ttft_s, rtol=1e-6)
+    np.testing.assert_allclose(np.broadcast_to(md.ttl_s[None, :], dis.ttl_s.shape), dis.ttl_s, rtol=1e-6)
+    np.testing.assert_array_equal((mp.mem_ratio[:, None] <= 1) & (md.mem_ratio[None, :] <= 1), dis.fits)
+    np.testing.assert_allclose(mc.rate_per_gpu * OSL, co.tokens_per_s_per_gpu, rtol=1e-6)
+    np.testing.assert_allclose(mc.ttft_s, co.ttft_s, rtol=1e-6)
+    np.testing.assert_array_equal(mc.mem_ratio <= 1, co.fits)
     assert res.best.tokens_per_s_per_gpu == pytest.approx(best, rel=2e-5)
     assert res.evaluations == sum(len(t.family) for t in tables.values()) > 400
     # frontier: every reference point lies on or under it, and each frontier point is attained
@@ -118,24 +129,6 @@ def test_pool_rows_are_the_enumerated_layouts():
         got = {tuple(float(v) for v in pool.row(si, bi)) for si in range(len(pool))
                for bi in range(pool.min_batch_index(si), len(pool.grid))}
         assert got == want
-
-
-def test_phase_metrics_compose_to_serving():
-    case = _case()
-    pf, _ = phase_layouts(case, "prefill")
-    dc, _ = phase_layouts(case, "decode")
-    k = min(len(pf.tpa), len(dc.tpa))
-    pf, dc = (LayoutArrays(*(np.asarray(x)[:k] for x in l)) for l in (pf, dc))
-    s = jax.jit(lambda p, d: disaggregated(TINY, HW, P, p, d, ISL, OSL))(pf, dc)
-    mp = jax.jit(lambda l: phase_metrics(TINY, HW, P, "prefill", l, ISL, OSL))(pf)
-    md = jax.jit(lambda l: phase_metrics(TINY, HW, P, "decode", l, ISL, OSL))(dc)
-    np.testing.assert_allclose(OSL / (1 / mp.rate_per_gpu + 1 / md.rate_per_gpu), s.tokens_per_s_per_gpu, rtol=1e-5)
-    np.testing.assert_allclose(mp.ttft_s, s.ttft_s, rtol=1e-6)
-    np.testing.assert_array_equal((mp.mem_ratio <= 1) & (md.mem_ratio <= 1), s.fits)
-    c = jax.jit(lambda l: colocated(TINY, HW, P, l, ISL, OSL))(dc)
-    mc = jax.jit(lambda l: phase_metrics(TINY, HW, P, "colocated", l, ISL, OSL))(dc)
-    np.testing.assert_allclose(mc.rate_per_gpu * OSL, c.tokens_per_s_per_gpu, rtol=1e-6)
-    np.testing.assert_array_equal(mc.mem_ratio <= 1, c.fits)
 
 
 def test_solve_pools_matches_brute_force():
@@ -221,14 +214,17 @@ def test_model_that_fits_nowhere_raises_clearly():
 
 
 def test_kv_that_fits_nowhere_and_impossible_sla_raise_clearly(tables):
-    long = _case(space=dataclasses.replace(SPACE, modes=("colocated",)))
-    long = dataclasses.replace(long, workload=Workload(1 << 16, OSL, ttft_limit_s=1.0, ttl_limit_s=1.0))
-    with pytest.raises(ValueError, match=r"colocated: no layout fits in HBM \(smallest footprint [0-9.]+×"):
-        exhaustive_search(long)
+    long = dataclasses.replace(_case(), workload=Workload(1 << 16, OSL, ttft_limit_s=1.0, ttl_limit_s=1.0))
+    with pytest.raises(ValueError, match=r"gradient search found no feasible design of tiny-dense .*\(ISL=65536"):
+        gradient_search(long, starts=8, steps=STEPS)  # weights fit, a 64k-token KV cache does not
     with pytest.raises(ValueError, match=r"TTL ≤ 1e-09 s"):
         gradient_search(_case(ttl=1e-9), starts=8, steps=STEPS)
-    with pytest.raises(ValueError, match=r"best TTL [0-9.e-]+ s \(limit 1e-09 s\)"):
+    with pytest.raises(ValueError, match=r"decode: best TTL [0-9.e-]+ s \(limit 1e-09 s\)"):
         exhaustive_search(_case(ttl=1e-9), tables=tables)
+    huge = {k: t._replace(metrics=t.metrics._replace(mem_ratio=t.metrics.mem_ratio + 1.0))  # every footprint > HBM
+            for k, t in tables.items()}
+    with pytest.raises(ValueError, match=r"colocated: no layout fits in HBM \(smallest footprint [0-9.]+×"):
+        exhaustive_search(_case(), tables=huge)
 
 
 def test_space_validation():
