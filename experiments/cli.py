@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 
 from . import registry
 
@@ -33,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--hardware", metavar="PROFILE.json", help="fitted hardware profile (JSON)")
     run.add_argument("--seed", type=int, metavar="N", help="random seed")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides")
+    parser.run_parser = run  # for `run NAME --help`, which adds the experiment's config keys
     return parser
 
 
@@ -85,6 +87,19 @@ def _split_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[
     return overrides
 
 
+def _config_help(name: str) -> str:
+    """The config keys of experiment `name` with their types and full-mode defaults."""
+    module = registry.load(name)
+    hints = typing.get_type_hints(module.Config)
+    lines = [f"\nconfig keys of {name} (defaults are full mode):"]
+    for f in dataclasses.fields(module.Config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        tp = hints[f.name].__name__ if isinstance(hints[f.name], type) else str(hints[f.name])
+        lines.append(f"  {f.name}={default!r}  [{tp}]")
+    lines.append(f"--quick sets: {', '.join(f'{k}={v!r}' for k, v in module.QUICK.items())}")
+    return "\n".join(lines)
+
+
 def _list() -> int:
     """Print every experiment with its description and config keys; 1 if one fails to import."""
     status = 0
@@ -113,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "run":
         rest, overrides = _take_overrides(argv[1:])
         argv = ["run", *rest]
+    if argv[:1] == ["run"] and {"-h", "--help"} & set(argv) and len(argv) > 1 and argv[1] in registry.EXPERIMENTS:
+        parser.run_parser.print_help()
+        print(_config_help(argv[1]))
+        return 0
     args = parser.parse_args(argv)
     if args.command == "list":
         return _list()

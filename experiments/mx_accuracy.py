@@ -30,6 +30,7 @@ import time
 import jax
 import numpy as np
 import optax
+import tqdm
 from flax import nnx
 from jax import lax
 from scipy import stats
@@ -231,10 +232,10 @@ def train_fn(spec: ModelSpec, policy: QuantPolicy | None, weight_decay: float, g
 
 
 def train(spec: ModelSpec, policy: QuantPolicy | None, params, batches: np.ndarray, lrs: np.ndarray,
-          val: np.ndarray, eval_every: int, weight_decay: float, grad_clip: float):
+          val: np.ndarray, eval_every: int, weight_decay: float, grad_clip: float, desc: str = "train"):
     """Train from `params` over `batches` [steps, B, T + 1] with learning rates `lrs` [steps].
 
-    Validates every `eval_every` steps under the same policy.
+    Validates every `eval_every` steps under the same policy; `desc` labels the progress bar.
 
     Returns:
       (final params, curve rows [step, mean training loss of the last eval_every steps, validation loss]).
@@ -245,6 +246,7 @@ def train(spec: ModelSpec, policy: QuantPolicy | None, params, batches: np.ndarr
     train_chunk = train_fn(spec, policy, weight_decay, grad_clip)
     opt_state = adamw(weight_decay, grad_clip).init(params)
     curve = []
+    bar = tqdm.tqdm(total=len(batches), desc=desc, unit="step", leave=False, disable=None)
     for start in range(0, len(batches), eval_every):
         stop = start + eval_every
         params, opt_state, losses, val_loss = train_chunk(params, opt_state, batches[start:stop], lrs[start:stop], val)
@@ -252,6 +254,9 @@ def train(spec: ModelSpec, policy: QuantPolicy | None, params, batches: np.ndarr
         if not np.isfinite(losses).all():
             raise FloatingPointError(f"non-finite training loss at step {start + int(np.argmin(np.isfinite(losses)))}")
         curve.append([stop, float(losses.mean()), float(val_loss)])
+        bar.update(len(losses))
+        bar.set_postfix(val_loss=f"{curve[-1][2]:.4f}")
+    bar.close()
     return params, curve
 
 
@@ -329,9 +334,12 @@ def _train_runs(config, out, data, val):
             start = time.perf_counter()
             try:
                 params, curve = train(config.spec, policy, init_params(config.spec, seed), batches, lrs, val,
-                                      config.eval_every, config.weight_decay, config.grad_clip)
+                                      config.eval_every, config.weight_decay, config.grad_clip,
+                                      desc=f"{name}/{rounding}/seed{seed}")
                 loss, diverged = curve[-1][2], None
             except FloatingPointError as e:
+                if name == "fp32":  # the reference itself must train; MX divergence is a result
+                    raise FloatingPointError(f"FP32 reference run of seed {seed} diverged: {e}") from None
                 curve, loss, diverged = [], None, str(e)
             wall = time.perf_counter() - start
             if name == "fp32" and seed == config.seed:
@@ -383,7 +391,7 @@ def _qat(config, out, data, ref, val):
             policy = None if fmt == "fp32" else policy_for(fmt, fmt, scale_rule=rule)
             before = float(eval_fn(config.spec, policy)(ref, val))
             _, curve = train(config.spec, policy, ref, batches, lrs, val, config.eval_every, config.weight_decay,
-                             config.grad_clip)
+                             config.grad_clip, desc=f"QAT {fmt}")
             rows.append({"format": fmt, "before": before, "after": curve[-1][2], "curve": [[0, None, before], *curve]})
         return rows
 

@@ -39,6 +39,14 @@ def test_unknown_experiment_lists_valid_names(dummy, capsys):
         assert name in io.err
 
 
+def test_run_help_lists_config_keys_with_types_and_defaults(dummy, capsys):
+    assert cli.main(["run", "dummy", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: paretolab run" in out
+    assert "  sizes=(1, 2)  [tuple[int, ...]]" in out and "  limit=None  [float | None]" in out
+    assert "--quick sets: n=4, label='quick'" in out
+
+
 def test_unknown_key_lists_valid_keys(dummy, capsys):
     code, io = _run_cli(["run", "dummy", "colour=red"], capsys)
     assert code == 2
