@@ -32,6 +32,7 @@ EXPERIMENTS: dict[str, str] = {
     "calibrate": "experiments.calibration",
     "helix-pareto": "experiments.helix_pareto",
     "disagg-pareto": "experiments.disagg_pareto",
+    "search": "experiments.search_study",
 }
 
 
