@@ -28,6 +28,7 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
@@ -279,7 +280,8 @@ def load_params(path, like):
     if [x.shape for x in leaves] != [x.shape for x in want]:
         raise ValueError(f"{path}: saved shapes {[x.shape for x in leaves][:4]}... do not match the model's "
                          f"{[x.shape for x in want][:4]}...")
-    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+    # as device arrays: a jitted step fed numpy leaves would compile a second executable
+    return jax.tree.unflatten(jax.tree.structure(like), [jnp.asarray(x) for x in leaves])
 
 
 # ---------------------------------------------------------------------------------------------

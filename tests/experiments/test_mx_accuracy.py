@@ -141,6 +141,8 @@ def test_smoke_end_to_end_and_resume(tmp_path):
     config = mx.Config(**SMOKE)
     rd, headline = registry.run_experiment("mx-accuracy", config, out=tmp_path / "run")
     _check_run(rd, config)
+    # one compiled training step serves the FP32 pretraining and the FP32 finetuning (no recompilation)
+    assert mx.train_fn(config.spec, None, config.weight_decay, config.grad_clip)._cache_size() == 1
     stamp = {p.name: p.stat().st_mtime_ns for p in rd.path.glob("*.jsonl")}
     _, again = registry.run_experiment("mx-accuracy", config, out=tmp_path / "run")  # resumes: nothing to do
     assert {p.name: p.stat().st_mtime_ns for p in rd.path.glob("*.jsonl")} == stamp
