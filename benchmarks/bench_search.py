@@ -15,8 +15,9 @@ design, the gap 1 − gradient/exhaustive, the model evaluations of each (exhaus
 point; gradient: starts × steps per pool + every rounded and polished point), and wall times
 (exhaustive: costing its tables, which both SLAs of a workload share, plus the search over them;
 gradient: first case of each model and grid includes compiling the optimizer, marked *).
-Then an SLA sweep from warm starts against the exhaustive frontier. The last line is one JSON
-object with the headline figures.
+Ablation: the same rounding and polish from the same random starts without any gradient step
+(what the relaxation contributes). Then an SLA sweep from warm starts against the exhaustive
+frontier. The last line is one JSON object with the headline figures.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ TTL_LIMITS_S = (0.010, 0.050)
 def _layout(d: dict | None) -> str:
     if d is None:
         return "-"
-    s = f"{d['family']} tpa{d['tpa']} kvp{d['kvp']} dp{d['dp_attn']} tpf{d['tpf']} ep{d['ep']} pp{d['pp']} B{d['batch']}"
+    s = (f"{d['family']} tpa{d['tpa']} kvp{d['kvp']} dp{d['dp_attn']} tpf{d['tpf']} ep{d['ep']} pp{d['pp']} "
+         f"B{d['batch']}")
     return s + (f" mb{d['microbatches']}" if d["microbatches"] > 1 else "") + (f" c{d['chunk']}" if d["chunk"] else "")
 
 
@@ -60,8 +62,9 @@ def run_cases(models, workloads, ttl_limits, *, starts: int, steps: int):
     hw = get_hardware("gb200-nvl72")
     rows, compiled = [], set()
     print("| case | exhaustive optimum tokens/s/GPU [design] | gradient best tokens/s/GPU [design] | gap % "
-          "| evals exhaustive | evals gradient | fraction | wall exh s | wall grad s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| evals exhaustive | evals gradient | fraction | wall exh s | wall grad s "
+          "| no-gradient ablation gap % / evals |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model_name in models:
         model = get_model(model_name)
         for wname in workloads:
@@ -78,17 +81,22 @@ def run_cases(models, workloads, ttl_limits, *, starts: int, steps: int):
                 t_ex = t_tables + ex.wall_s
                 key = (model_name, max_batch)
                 gr = gradient_search(case, starts=starts, steps=steps)
+                ab = gradient_search(case, starts=starts, steps=0)  # ablation: the same rounding and polish
                 star = "" if key in compiled else "*"
                 compiled.add(key)
                 gap = 100.0 * (1.0 - gr.best.tokens_per_s_per_gpu / ex.best.tokens_per_s_per_gpu)
+                gap_ab = 100.0 * (1.0 - ab.best.tokens_per_s_per_gpu / ex.best.tokens_per_s_per_gpu)
                 frac = gr.evaluations / ex.evaluations
-                rows.append(dict(case=name, exhaustive=ex.best.tokens_per_s_per_gpu, gradient=gr.best.tokens_per_s_per_gpu,
+                rows.append(dict(case=name, exhaustive=ex.best.tokens_per_s_per_gpu,
+                                 gradient=gr.best.tokens_per_s_per_gpu,
                                  gap_pct=gap, evals_exhaustive=ex.evaluations, evals_gradient=gr.evaluations,
                                  fraction=frac, wall_exhaustive_s=t_ex, wall_gradient_s=gr.wall_s,
                                  includes_compile=bool(star), mode_exhaustive=ex.best.mode, mode_gradient=gr.best.mode,
+                                 gap_polish_only_pct=gap_ab, evals_polish_only=ab.evaluations,
                                  evals_gradient_detail=gr.details["evaluations"]))
                 print(f"| {name} | {_design(ex.best)} | {_design(gr.best)} | {gap:.2f} | {ex.evaluations:,} | "
-                      f"{gr.evaluations:,} | {100 * frac:.2f}% | {t_ex:.1f} | {gr.wall_s:.1f}{star} |", flush=True)
+                      f"{gr.evaluations:,} | {100 * frac:.2f}% | {t_ex:.1f} | {gr.wall_s:.1f}{star} | "
+                      f"{gap_ab:.2f} / {ab.evaluations:,} |", flush=True)
     return rows
 
 
@@ -146,6 +154,9 @@ def main(argv=None):
         "target_met": bool(within.mean() >= 0.9 and fracs.max() <= 0.05),
         "median_wall_ratio_gradient_over_exhaustive_excl_compile": float(np.median(
             [r["wall_gradient_s"] / r["wall_exhaustive_s"] for r in timed])) if timed else None,
+        "ablation_no_gradient_cases_within_2pct": int(sum(r["gap_polish_only_pct"] <= 2.0 for r in rows)),
+        "ablation_no_gradient_median_gap_pct": float(np.median([r["gap_polish_only_pct"] for r in rows])),
+        "ablation_no_gradient_max_gap_pct": float(max(r["gap_polish_only_pct"] for r in rows)),
         "sweep_max_gap_pct": None if sweep is None else float(max(sweep["gaps_pct"])),
         "sweep_eval_fraction": None if sweep is None else sweep["evals_gradient"] / sweep["evals_exhaustive"],
         "starts": args.starts, "steps": args.steps, "wall_s": time.perf_counter() - t0,

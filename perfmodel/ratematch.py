@@ -39,7 +39,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import NamedTuple
 
@@ -370,7 +369,8 @@ def elastic_scaling(model: ModelSpec, hw: HardwareSpec, trace: Trace, *, space: 
         reload = _reloaded(cands, states[t - 1][path[t - 1]][1], cfg) if t else 0.0
         reload_gpus += reload
         entry = {"t_s": float(trace.t_s[t]), "arrival_rate_per_s": float(lam[t]), "isl": int(trace.isl[t]),
-                 "osl": int(trace.osl[t]), "mode": "colocated" if any(r == "colocated" for r, _ in cfg) else "disaggregated",
+                 "osl": int(trace.osl[t]),
+                 "mode": "colocated" if any(r == "colocated" for r, _ in cfg) else "disaggregated",
                  "gpus": int(g), "reloaded_gpus": int(reload)}
         for (role, u), n in cfg.items():
             entry[role] = (n, _layout(cands[role].rows[u], cands[role].family[u]))
@@ -383,7 +383,8 @@ def elastic_scaling(model: ModelSpec, hw: HardwareSpec, trace: Trace, *, space: 
     if static is not None:
         config, gpus, att = static
         static_info = {"gpus": int(gpus), "attainment": att,
-                       **{role: (n, _layout(cands[role].rows[u], cands[role].family[u])) for (role, u), n in config.items()}}
+                       **{role: (n, _layout(cands[role].rows[u], cands[role].family[u]))
+                          for (role, u), n in config.items()}}
     return ElasticResult(goodput, static_value, goodput / static_value if static_value else math.inf, gpu_s, reprov,
                          tokens, plan, static_info, {r: len(c.rows) for r, c in cands.items()})
 
@@ -392,7 +393,8 @@ def elastic_scaling(model: ModelSpec, hw: HardwareSpec, trace: Trace, *, space: 
 
 def _fmt_layout(n_lay) -> str:
     n, d = n_lay
-    s = f"{n}×{d['family']}(tpa{d['tpa']} kvp{d['kvp']} dp{d['dp_attn']} tpf{d['tpf']} ep{d['ep']} pp{d['pp']} B{d['batch']}"
+    s = (f"{n}×{d['family']}(tpa{d['tpa']} kvp{d['kvp']} dp{d['dp_attn']} tpf{d['tpf']} ep{d['ep']} pp{d['pp']} "
+         f"B{d['batch']}")
     return s + (f" c{d['chunk']}" if d.get("chunk") else "") + ")"
 
 
@@ -414,7 +416,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     targets = (0.005, 0.01, 0.02, 0.05, 0.1)
     print(f"## Rate matching, {model.name} on {hw.name} (TTFT ≤ 10 s; tokens/s/GPU, fluid pools)\n")
-    print("| ISL/OSL | TTL ≤ ms | α* | rate-matched | α = 0.5 | α = 3.5 | co-located | best of α = 0.5, 3.5 vs rate-matched |")
+    print("| ISL/OSL | TTL ≤ ms | α* | rate-matched | α = 0.5 | α = 3.5 | co-located "
+          "| best of α = 0.5, 3.5 vs rate-matched |")
     print("|---|---|---|---|---|---|---|---|")
     mixes = ((8192, 256),) if args.quick else ((8192, 256), (2048, 2048), (512, 4096))
     for isl, osl in mixes:
@@ -422,7 +425,8 @@ def main(argv=None) -> None:
         for r in rate_matching(case, targets):
             f5, f35 = r["fixed"][0.5], r["fixed"][3.5]
             rel = max(f5, f35) / r["rate_matched"] if r["rate_matched"] else math.nan
-            print(f"| {isl}/{osl} | {r['ttl_limit_s'] * 1e3:g} | {r['alpha']:.2f} | {r['rate_matched']:.1f} | {f5:.1f} | "
+            print(f"| {isl}/{osl} | {r['ttl_limit_s'] * 1e3:g} | {r['alpha']:.2f} | {r['rate_matched']:.1f} "
+                  f"| {f5:.1f} | "
                   f"{f35:.1f} | {r['colocated']:.1f} | {rel:.3f} |", flush=True)
     trace = traffic_trace(args.seed, duration_s=1200.0 if args.quick else 3600.0, mean_rate_per_s=args.rate)
     print(f"\n## Elastic scaling, {model.name}: traffic_trace(seed={args.seed}, mean {args.rate:g} req/s, "

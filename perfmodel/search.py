@@ -723,7 +723,7 @@ def _optimizer(arm: str, model: ModelSpec, hw: HardwareSpec, space: SearchSpace,
             val, grad = value_and_grad(theta, params, isl, osl, ttft, ttl, beta, w, lam)
             grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
             upd, state = tx.update(grad, state, theta)
-            step_lr = lr * (0.1 + 0.9 * 0.5 * (1.0 + jnp.cos(jnp.pi * k / steps)))
+            step_lr = lr * (0.1 + 0.9 * 0.5 * (1.0 + jnp.cos(jnp.pi * k / max(steps, 1))))
             return (theta - step_lr * upd, state), val
 
         (theta, _), losses = jax.lax.scan(body, (theta0, tx.init(theta0)), jnp.arange(steps, dtype=jnp.float32))
@@ -984,7 +984,10 @@ def _violation(pool: _Pool, met) -> float:
 def _restore_feasibility(pool: _Pool, structs: list, max_rounds: int = 16):
     """When no rounded start is feasible: descend on the violation at each structure's smallest
     batch (where memory, TTFT and TTL are least) over `_Pool.neighbours`."""
-    viol = lambda ss: [_violation(pool, m) for m in pool.evaluate([(s, pool.min_batch_index(s)) for s in ss])]  # noqa: E731
+
+    def viol(ss):
+        return [_violation(pool, m) for m in pool.evaluate([(s, pool.min_batch_index(s)) for s in ss])]
+
     structs = [s for s in structs if pool.min_batch_index(s) < len(pool.grid)]
     if not structs:
         return None

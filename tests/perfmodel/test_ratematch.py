@@ -43,8 +43,8 @@ def test_rate_matching_is_the_best_ratio_and_moves_with_ttl(tables):
     rows = rate_matching(CASE, TTLS, tables=tables)
     for ttl, row in zip(TTLS, rows):
         w = dataclasses.replace(CASE.workload, ttl_limit_s=ttl)
-        r_p = max(float(tables["prefill"].metrics.rate_per_gpu[i]) for i in best_per_size(tables["prefill"], w).values())
-        r_d = max(float(tables["decode"].metrics.rate_per_gpu[i]) for i in best_per_size(tables["decode"], w).values())
+        r_p, r_d = (max(float(tables[p].metrics.rate_per_gpu[i]) for i in best_per_size(tables[p], w).values())
+                    for p in ("prefill", "decode"))
         assert row["alpha"] == pytest.approx(r_d / r_p, rel=1e-9)
         assert row["rate_matched"] == pytest.approx(64 / (1 / r_p + 1 / r_d), rel=1e-9)
         # no fixed ratio beats rate matching, and α* attains it (fluid limit)

@@ -142,7 +142,8 @@ def test_solve_pools_matches_brute_force():
         assert v[k] == pytest.approx(want, rel=1e-12)
         if want:
             assert n_p[k] * g_p[k] + n_d[k] * g_d[k] <= 24
-            assert 100 * min(n_p[k] * r_p[k], n_d[k] * r_d[k]) / (n_p[k] * g_p[k] + n_d[k] * g_d[k]) == pytest.approx(want)
+            got = 100 * min(n_p[k] * r_p[k], n_d[k] * r_d[k]) / (n_p[k] * g_p[k] + n_d[k] * g_d[k])
+            assert got == pytest.approx(want)
 
 
 def test_gradient_matches_exhaustive_on_small_space(tables):
