@@ -33,6 +33,7 @@ EXPERIMENTS: dict[str, str] = {
     "helix-pareto": "experiments.helix_pareto",
     "disagg-pareto": "experiments.disagg_pareto",
     "search": "experiments.search_study",
+    "helix-mx": "experiments.helix_mx",
 }
 
 
