@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .measure import Measurement, MeasurementSet
+from .cpu import cpu_local_spec, stream_copy_bandwidth
+from .measurements import Measurement, MeasurementSet
 
 PredictFn = Callable[[object, object, str, Mapping[str, jax.Array]], jax.Array]
 ROBUST_LOSSES = ("l2", "huber", "cauchy")
@@ -670,98 +671,6 @@ def load_profile(path, template=None):
             raise ValueError(f"{where}: params[{key!r}] has non-finite values")
         leaves.append(jnp.asarray(value, jnp.float32))
     return hardware, jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-# ----------------------------------------------------------------------------- this machine
-
-# source: Intel 64 and IA-32 Architectures Optimization Reference Manual: two 512-bit FMA units per
-# core on server cores with AVX-512 (16 float32 lanes · 2 flops · 2 ports); AVX2: 8 lanes · 2 · 2.
-_FP32_FLOPS_PER_CYCLE = {"avx512f": 64, "avx2": 32}
-# source: Intel, 4th Gen Xeon Scalable (Sapphire Rapids) AMX: 1024 BF16 operations per cycle per core.
-_AMX_BF16_FLOPS_PER_CYCLE = 1024
-# source: Intel ARK, Xeon Platinum 8480+: TDP 350 W for 56 cores (6.25 W per core); idle is an
-# estimate (30% of TDP). The VM's power cannot be measured here; energy on it is not calibrated.
-_WATTS_PER_CORE = 350.0 / 56
-# source: NOTES.md (measured here): emulated CPU collectives cost ~100–400 µs per call. A prior.
-_EMULATED_COLLECTIVE_STEP_S = 100e-6
-
-
-def _cpuinfo() -> tuple[float, set[str]]:
-    mhz, flags = 0.0, set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            key, _, value = line.partition(":")
-            if key.strip() == "cpu MHz" and not mhz:
-                mhz = float(value)
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return mhz * 1e6, flags
-
-
-def stream_copy_bandwidth(measurements: MeasurementSet | Sequence[Measurement]) -> float:
-    """Best copy bandwidth in the measurements: max over `copy` rows of bytes / median_s (bytes/s).
-
-    Raises:
-      ValueError: no copy rows.
-    """
-    rows = measurements.rows if isinstance(measurements, MeasurementSet) else measurements
-    bw = [r.bytes / r.median_s for r in rows if r.op == "copy" and r.bytes]
-    if not bw:
-        raise ValueError("no copy rows to derive a memory bandwidth from; pass memory_bandwidth_bytes_per_s")
-    return max(bw)
-
-
-def cpu_local_spec(memory_bandwidth_bytes_per_s: float, *, n_devices: int = 8, cores: int | None = None,
-                   clock_hz: float | None = None, flags: set[str] | None = None, memory_bytes: float | None = None):
-    """A `HardwareSpec` for this CPU host, as a "datasheet" the uncalibrated baseline can use.
-
-    peak float32 = cores · clock · (64 flop/cycle with AVX-512, 32 with AVX2; two FMA ports);
-    peak bfloat16 = cores · clock · 1024 with AMX-BF16 (XLA:CPU reaches it through oneDNN), else
-    the float32 peak. clock is /proc/cpuinfo's "cpu MHz" (the base clock a VM reports; turbo is
-    not visible). A VM publishes no memory datasheet, so the memory bandwidth is passed in: in
-    `main` it is `stream_copy_bandwidth` of the measurements, i.e. MEASURED, which makes the
-    baseline stronger on memory-bound kernels than a true datasheet would. The emulated devices
-    share that memory: every link level gets that bandwidth and a 100 µs α prior (NOTES.md).
-
-    Args:
-      memory_bandwidth_bytes_per_s: memory bandwidth to declare (bytes/s).
-      n_devices: emulated devices, the scale-up domain size.
-      cores, clock_hz, flags, memory_bytes: override what /proc and os report (tests).
-
-    Returns:
-      HardwareSpec named "cpu-local".
-
-    Raises:
-      ValueError: no usable clock or ISA (not x86 with AVX2/AVX-512), or a bad bandwidth.
-    """
-    import os
-
-    from .specs import HardwareSpec, LinkLevel
-
-    proc_clock, proc_flags = _cpuinfo()
-    cores = cores or os.cpu_count() or 1
-    clock_hz = clock_hz or proc_clock
-    flags = proc_flags if flags is None else flags
-    per_cycle = next((v for k, v in _FP32_FLOPS_PER_CYCLE.items() if k in flags), 0)
-    if not clock_hz or not per_cycle:
-        raise ValueError(f"cannot derive a CPU peak: clock_hz={clock_hz}, AVX2/AVX-512 in flags={bool(per_cycle)}; "
-                         "pass clock_hz= and flags=")
-    if memory_bytes is None:
-        memory_bytes = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    fp32 = cores * clock_hz * per_cycle
-    bf16 = cores * clock_hz * _AMX_BF16_FLOPS_PER_CYCLE if "amx_bf16" in flags else fp32
-    bw = float(memory_bandwidth_bytes_per_s)
-    peak_w = cores * _WATTS_PER_CORE
-    return HardwareSpec(
-        name="cpu-local", flops_fp4=0.0, flops_fp8=0.0, flops_bf16=float(bf16), flops_fp32=float(fp32),
-        hbm_bandwidth_bytes_per_s=bw, hbm_capacity_bytes=float(memory_bytes),
-        idle_power_w=0.3 * peak_w, peak_power_w=peak_w,
-        links=(LinkLevel("die-to-die", 1, bw, 0.0),
-               LinkLevel("scale-up", n_devices, bw, _EMULATED_COLLECTIVE_STEP_S),
-               LinkLevel("scale-out", n_devices, bw, _EMULATED_COLLECTIVE_STEP_S)),
-    )
 
 
 # ----------------------------------------------------------------------------- entry point

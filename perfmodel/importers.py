@@ -1,146 +1,19 @@
-"""Read measurements: the documented CSV schema (docs/measurements.md) and nccl-tests text output.
+"""Read other producers' measurements into `Measurement` rows: nccl-tests text output, and dispatch.
 
-Both readers are strict: a malformed line raises `ValueError` naming the file, the line number and
-the field; nothing is skipped silently. Times that are NaN, infinite, zero or negative are rejected.
+`read_measurements` reads either a measurement CSV (`perfmodel.measurements.read_csv`, by its magic
+line) or nccl-tests output. Both readers are strict: a malformed line raises `ValueError` naming
+the file, the line number and the field (`measurements.FieldParser`); nothing is skipped silently.
+Times that are NaN, infinite, zero or negative are rejected.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import pathlib
 import re
 
-from .measure import COLLECTIVE_OPS, COLUMNS, MAGIC, OP_CLASSES, SCHEMA_VERSION, Measurement, MeasurementSet
-
-_REQUIRED = ("op", "dtype", "median_s")
-_INT_FIELDS = tuple(
-    n for n in COLUMNS if n in ("m", "n", "k", "batch", "seq", "heads", "kv_heads", "head_dim", "elements",
-                                "n_devices", "bytes", "flops", "n_rounds", "n_repeats")
-)
-_TIME_FIELDS = ("median_s", "iqr_s", "min_s")
-_BOOL_FIELDS = ("noisy", "emulated")
-
-
-class _Lines:
-    """Error helper: `fail(lineno, field, message)` raises ValueError('<file>:<line>: field ...')."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def fail(self, lineno: int, field: str | None, message: str):
-        where = f"{self.name}:{lineno}"
-        raise ValueError(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
-
-
-def _read_text(source: str | os.PathLike) -> tuple[str, str]:
-    path = pathlib.Path(source)
-    return path.read_text(), str(path)
-
-
-def _parse_int(err: _Lines, lineno: int, field: str, text: str) -> int:
-    if not re.fullmatch(r"[+]?\d+", text.strip()):
-        err.fail(lineno, field, f"{text!r} is not a non-negative integer")
-    return int(text)
-
-
-def _parse_time(err: _Lines, lineno: int, field: str, text: str, *, allow_zero: bool = False) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        err.fail(lineno, field, f"{text!r} is not a number")
-    if not math.isfinite(value):
-        err.fail(lineno, field, f"{text!r} is not finite")
-    if value < 0 or (value == 0 and not allow_zero):
-        err.fail(lineno, field, f"{text!r} must be {'non-negative' if allow_zero else 'positive'}")
-    return value
-
-
-def read_csv(source: str | os.PathLike) -> MeasurementSet:
-    """Read a measurement file in the documented schema (docs/measurements.md).
-
-    The file starts with `# paretolab-measurements schema=1`, may carry `# env={json}` and other
-    `#` comment lines, then a header row naming columns of `perfmodel.measure.COLUMNS` (any order;
-    `op`, `dtype` and `median_s` required, the others default as in `Measurement`), then one row
-    per point.
-
-    Args:
-      source: path of the CSV file.
-
-    Returns:
-      A `MeasurementSet` (env from the `# env=` line, else {}).
-
-    Raises:
-      ValueError: naming the line number and field, for a missing or wrong magic line, an unknown,
-        missing or duplicated column, a row with the wrong number of fields, a non-integer size,
-        a NaN/inf/non-positive time, an unknown op, or an empty line.
-    """
-    text, name = _read_text(source)
-    err = _Lines(name)
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith(MAGIC):
-        err.fail(1, None, f"expected the magic line {MAGIC!r} schema={SCHEMA_VERSION}")
-    match = re.fullmatch(re.escape(MAGIC) + r" schema=(\d+)\s*", lines[0])
-    if not match or int(match.group(1)) != SCHEMA_VERSION:
-        err.fail(1, "schema", f"{lines[0]!r}: this reader knows schema={SCHEMA_VERSION}")
-    env, header, rows = {}, None, []
-    for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            err.fail(lineno, None, "empty line")
-        if line.startswith("#"):
-            if line.startswith("# env="):
-                if header is not None:
-                    err.fail(lineno, "env", "the env line must come before the header row")
-                try:
-                    env = json.loads(line[len("# env="):])
-                except json.JSONDecodeError as e:
-                    err.fail(lineno, "env", f"invalid JSON: {e}")
-                if not isinstance(env, dict):
-                    err.fail(lineno, "env", "must be a JSON object")
-            continue
-        fields = next(csv.reader([line]))
-        if header is None:
-            header = [f.strip() for f in fields]
-            unknown = [f for f in header if f not in COLUMNS]
-            missing = [f for f in _REQUIRED if f not in header]
-            dupes = sorted({f for f in header if header.count(f) > 1})
-            if unknown or missing or dupes:
-                err.fail(lineno, "header", f"unknown columns {unknown}, missing {missing}, duplicated {dupes}")
-            continue
-        if len(fields) != len(header):
-            err.fail(lineno, None, f"{len(fields)} fields but the header has {len(header)}")
-        rows.append(_csv_row(err, lineno, dict(zip(header, (f.strip() for f in fields)))))
-    if header is None:
-        err.fail(len(lines), "header", "no header row")
-    return MeasurementSet(tuple(rows), env)
-
-
-def _csv_row(err: _Lines, lineno: int, raw: dict[str, str]) -> Measurement:
-    values: dict = {}
-    for field, text in raw.items():
-        if field in _INT_FIELDS:
-            values[field] = _parse_int(err, lineno, field, text)
-        elif field in _TIME_FIELDS:
-            values[field] = _parse_time(err, lineno, field, text, allow_zero=field == "iqr_s")
-        elif field in _BOOL_FIELDS:
-            if text not in ("0", "1"):
-                err.fail(lineno, field, f"{text!r} must be 0 or 1")
-            values[field] = text == "1"
-        else:
-            values[field] = text
-    values.setdefault("kernel", values["op"])
-    values.setdefault("min_s", values["median_s"])
-    values.setdefault("source", "csv")
-    if values["op"] not in OP_CLASSES:
-        err.fail(lineno, "op", f"{values['op']!r} is not one of {OP_CLASSES}")
-    try:
-        return Measurement(**values)
-    except ValueError as e:
-        field = next((f for f in raw if re.match(rf"{f}\b", str(e))), None)
-        err.fail(lineno, field, str(e))
-
+from .measurements import COLLECTIVE_OPS, MAGIC, FieldParser, Measurement, MeasurementSet, read_csv
 
 # ----------------------------------------------------------------------------- nccl-tests
 
@@ -164,6 +37,16 @@ def bus_bandwidth_factor(op: str, n_devices: int) -> float:
     """busbw / algbw of nccl-tests for `op` on n ranks.
 
     all_reduce 2(n−1)/n; all_gather, reduce_scatter, all_to_all (n−1)/n; send_recv 1.
+
+    Args:
+      op: a collective op class (`measurements.COLLECTIVE_OPS`).
+      n_devices: ranks n ≥ 1.
+
+    Returns:
+      The dimensionless factor.
+
+    Raises:
+      ValueError: an op that is not a collective.
 
     References:
       nccl-tests doc/PERFORMANCE.md ("Bus bandwidth").
@@ -218,8 +101,8 @@ def read_nccl_tests(source: str | os.PathLike, *, op: str | None = None, n_devic
       ValueError: naming line and field, for a malformed or missing table, an unknown data type, a
         NaN/inf/non-positive time, #wrong > 0, or algbw/busbw inconsistent with size/time.
     """
-    text, name = _read_text(source)
-    err = _Lines(name)
+    parse, text = FieldParser.read(source)
+    name = parse.name
     binary, ours = _nccl_op(op, name, text)
     lines = text.splitlines()
     env: dict = {"source": source_name, "file": pathlib.Path(name).name, "nccl_test": binary}
@@ -248,19 +131,19 @@ def read_nccl_tests(source: str | os.PathLike, *, op: str | None = None, n_devic
             tokens = stripped.lstrip("#").split()
             if tokens[:2] == ["size", "count"]:
                 if columns is not None:
-                    err.fail(lineno, None, f"a second table (the first starts at line {header_line}); "
+                    parse.fail(lineno, None, f"a second table (the first starts at line {header_line}); "
                                            "split the file, one test per file")
-                columns, header_line = _nccl_columns(err, lineno, tokens), lineno
+                columns, header_line = _nccl_columns(parse, lineno, tokens), lineno
             continue
         if not stripped or columns is None:
             continue  # prose, command lines or blank lines around the table
         rows.append((lineno, stripped.split()))
     if columns is None:
-        err.fail(len(lines), None, "no nccl-tests table (no '# size count type ...' header line)")
+        parse.fail(len(lines), None, "no nccl-tests table (no '# size count type ...' header line)")
     if not rows:
-        err.fail(header_line, None, "the table has no rows")
+        parse.fail(header_line, None, "the table has no rows")
     if ranks and sorted(ranks) != list(range(len(ranks))):
-        err.fail(1, "Rank", f"rank lines list ranks {sorted(ranks)}, expected 0..{len(ranks) - 1}")
+        parse.fail(1, "Rank", f"rank lines list ranks {sorted(ranks)}, expected 0..{len(ranks) - 1}")
     if n_devices is None:
         if not ranks:
             raise ValueError(f"{name}: no '#  Rank ...' lines; pass n_devices=")
@@ -274,55 +157,55 @@ def read_nccl_tests(source: str | os.PathLike, *, op: str | None = None, n_devic
     factor = bus_bandwidth_factor(ours, n_devices)
     out = []
     for lineno, fields in rows:
-        out += _nccl_row(err, lineno, fields, columns, binary, ours, n_devices, factor,
+        out += _nccl_row(parse, lineno, fields, columns, binary, ours, n_devices, factor,
                          env.get("iters", 1), source_name)
     return MeasurementSet(tuple(out), env)
 
 
-def _nccl_columns(err: _Lines, lineno: int, tokens: list[str]) -> dict:
+def _nccl_columns(parse: FieldParser, lineno: int, tokens: list[str]) -> dict:
     if "time" not in tokens:
-        err.fail(lineno, "time", "header has no time column")
+        parse.fail(lineno, "time", "header has no time column")
     first = tokens.index("time")
     lead, groups = tokens[:first], tokens[first:]
     for needed in ("size", "count", "type"):
         if needed not in lead:
-            err.fail(lineno, needed, "missing from the table header")
+            parse.fail(lineno, needed, "missing from the table header")
     if len(groups) != 8 or groups[0::4] != ["time", "time"] or groups[1::4] != ["algbw", "algbw"] \
             or groups[2::4] != ["busbw", "busbw"] or any(g not in ("#wrong", "error") for g in groups[3::4]):
-        err.fail(lineno, "time", f"expected 'time algbw busbw #wrong' twice after {lead}, got {groups}")
+        parse.fail(lineno, "time", f"expected 'time algbw busbw #wrong' twice after {lead}, got {groups}")
     return {"lead": lead, "n": len(lead) + 8}
 
 
-def _nccl_row(err, lineno, fields, columns, binary, op, n_devices, factor, iters, source_name):
+def _nccl_row(parse, lineno, fields, columns, binary, op, n_devices, factor, iters, source_name):
     if len(fields) != columns["n"]:
-        err.fail(lineno, None, f"{len(fields)} fields, the table header has {columns['n']}: {' '.join(fields)}")
+        parse.fail(lineno, None, f"{len(fields)} fields, the table header has {columns['n']}: {' '.join(fields)}")
     lead = dict(zip(columns["lead"], fields))
-    size = _parse_int(err, lineno, "size", lead["size"])
-    _parse_int(err, lineno, "count", lead["count"])
+    size = parse.integer(lineno, "size", lead["size"])
+    parse.integer(lineno, "count", lead["count"])
     if size == 0:
-        err.fail(lineno, "size", "0 bytes: no collective point (run nccl-tests with -b > 0)")
+        parse.fail(lineno, "size", "0 bytes: no collective point (run nccl-tests with -b > 0)")
     if lead["type"] not in _NCCL_TYPES:
-        err.fail(lineno, "type", f"{lead['type']!r} is not one of {sorted(_NCCL_TYPES)}")
+        parse.fail(lineno, "type", f"{lead['type']!r} is not one of {sorted(_NCCL_TYPES)}")
     rows = []
     for placement, start in (("out-of-place", len(columns["lead"])), ("in-place", len(columns["lead"]) + 4)):
         time_text, algbw_text, busbw_text, wrong = fields[start:start + 4]
-        time_us = _parse_time(err, lineno, f"time ({placement})", time_text)
-        algbw = _parse_time(err, lineno, f"algbw ({placement})", algbw_text, allow_zero=True)
-        busbw = _parse_time(err, lineno, f"busbw ({placement})", busbw_text, allow_zero=True)
+        time_us = parse.time(lineno, f"time ({placement})", time_text)
+        algbw = parse.time(lineno, f"algbw ({placement})", algbw_text, allow_zero=True)
+        busbw = parse.time(lineno, f"busbw ({placement})", busbw_text, allow_zero=True)
         if wrong != "N/A":
             try:
                 bad = float(wrong)
             except ValueError:
-                err.fail(lineno, f"#wrong ({placement})", f"{wrong!r} is not a number or N/A")
+                parse.fail(lineno, f"#wrong ({placement})", f"{wrong!r} is not a number or N/A")
             if not math.isfinite(bad) or (re.fullmatch(r"\d+", wrong) and bad > 0):
-                err.fail(lineno, f"#wrong ({placement})", f"{wrong} wrong results: the point is invalid")
+                parse.fail(lineno, f"#wrong ({placement})", f"{wrong} wrong results: the point is invalid")
         expect = size / time_us / 1e3  # GB/s
         if abs(algbw - expect) > 0.006 + 2e-3 * expect:
-            err.fail(lineno, f"algbw ({placement})", f"{algbw_text} GB/s but size/time = {expect:.4g} GB/s")
+            parse.fail(lineno, f"algbw ({placement})", f"{algbw_text} GB/s but size/time = {expect:.4g} GB/s")
         if abs(busbw - algbw * factor) > 0.011 + 2e-3 * busbw:
-            err.fail(lineno, f"busbw ({placement})",
-                     f"{busbw_text} GB/s but algbw·factor = {algbw * factor:.4g} GB/s for {op} on "
-                     f"{n_devices} ranks (factor {factor:.4g}): wrong op or rank count?")
+            parse.fail(lineno, f"busbw ({placement})",
+                       f"{busbw_text} GB/s but algbw·factor = {algbw * factor:.4g} GB/s for {op} on "
+                       f"{n_devices} ranks (factor {factor:.4g}): wrong op or rank count?")
         t = time_us * 1e-6
         rows.append(Measurement(
             op=op, kernel=f"{binary}/{placement}", dtype=_NCCL_TYPES[lead["type"]], n_devices=n_devices,
@@ -333,7 +216,18 @@ def _nccl_row(err, lineno, fields, columns, binary, op, n_devices, factor, iters
 
 
 def read_measurements(source: str | os.PathLike, **nccl_kwargs) -> MeasurementSet:
-    """Read a measurement CSV (by its magic line) or else nccl-tests output."""
+    """Read a measurement CSV (recognized by its magic line) or else nccl-tests output.
+
+    Args:
+      source: path of the file.
+      **nccl_kwargs: `read_nccl_tests` options (op, n_devices, source_name).
+
+    Returns:
+      A `MeasurementSet`.
+
+    Raises:
+      ValueError: nccl-tests options given for a CSV, or whatever the reader raises.
+    """
     with open(source) as f:
         first = f.readline()
     if first.startswith(MAGIC):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from perfmodel import calibrate, efficiency, measure, ops
+from perfmodel import calibrate, efficiency, kernels, measurements, ops
 from perfmodel.calibrate import CalibParams
 from perfmodel.efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, constrain, unconstrain
-from perfmodel.measure import Measurement, MeasurementSet
+from perfmodel.measurements import Measurement, MeasurementSet
 from perfmodel.presets import get_hardware
 
 H100 = get_hardware("h100-sxm")
@@ -181,12 +181,12 @@ def test_error_report_math_and_headline():
 
 
 def test_cost_model_adapter_matches_measure_bytes_and_flops():
-    # measure.py and ops.py count bytes and FLOPs independently; they must agree row by row.
-    gemm = [p.fields for p in measure.gemm_points([(64, 128, 256), (3, 5, 7)], ["float32", "bfloat16"])]
+    # kernels.py and ops.py count bytes and FLOPs independently; they must agree row by row.
+    gemm = [p.fields for p in kernels.gemm_points([(64, 128, 256), (3, 5, 7)], ["float32", "bfloat16"])]
     for f in gemm:
         flops, nbytes = ops.gemm_cost(f["m"], f["n"], f["k"], jnp.dtype(f["dtype"]).itemsize)
         assert (flops, nbytes) == (f["flops"], f["bytes"])
-    att = [p.fields for p in measure.decode_attention_points([(2, 512, 16, 4, 64), (1, 100, 8, 8, 128)], ["bfloat16"])]
+    att = [p.fields for p in kernels.decode_attention_points([(2, 512, 16, 4, 64), (1, 100, 8, 8, 128)], ["bfloat16"])]
     for f in att:
         flops, nbytes = ops.decode_attention_cost(f["batch"], f["seq"], f["heads"], f["kv_heads"], f["head_dim"],
                                                   f["head_dim"], 2)
@@ -265,7 +265,7 @@ def test_profile_with_a_generic_pytree(tmp_path):
 
 def test_cli_fits_a_measurement_file(tmp_path, synthetic, capsys):
     _, rows, _, _ = synthetic
-    csv = measure.write_csv(tmp_path / "m.csv", MeasurementSet(tuple(rows), {"backend": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}))
+    csv = measurements.write_csv(tmp_path / "m.csv", MeasurementSet(tuple(rows), {"backend": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}))
     summary = calibrate.main(["--measurements", str(csv), "--out", str(tmp_path / "out")])
     assert summary["hardware"] == "h100-sxm" and summary["rows"] == len(rows)
     assert summary["heldout_mape_gt1ms_random"]["n"] > 0

@@ -2,8 +2,8 @@
 
 import pytest
 
-from perfmodel import importers, measure
-from perfmodel.measure import Measurement, MeasurementSet
+from perfmodel import importers, measurements
+from perfmodel.measurements import Measurement, MeasurementSet
 
 # all_gather_perf on 8 ranks of one host, written in nccl-tests' layout (v2.13+: with the root column).
 # algbw = size / time; busbw = algbw · (n − 1) / n.
@@ -157,7 +157,7 @@ gemm,bfloat16,1024,1024,1024,6291456,2147483648,6.1e-06
 
 
 def test_csv_minimal_columns_take_defaults(tmp_path):
-    mset = importers.read_csv(_write(tmp_path, GOOD_CSV, "m.csv"))
+    mset = measurements.read_csv(_write(tmp_path, GOOD_CSV, "m.csv"))
     assert mset.env == {"backend": "gpu"}
     r = mset.rows[0]
     assert (r.op, r.kernel, r.dtype, r.m, r.flops, r.median_s, r.min_s, r.iqr_s, r.n_devices, r.source) == (
@@ -186,21 +186,21 @@ CSV_BAD = [
 @pytest.mark.parametrize("old,new,match", CSV_BAD)
 def test_csv_bad_files_name_line_and_field(tmp_path, old, new, match):
     with pytest.raises(ValueError, match=match):
-        importers.read_csv(_write(tmp_path, _corrupt(GOOD_CSV, old, new), "m.csv"))
+        measurements.read_csv(_write(tmp_path, _corrupt(GOOD_CSV, old, new), "m.csv"))
 
 
 def test_csv_cross_field_errors_name_the_field(tmp_path):
     text = GOOD_CSV.replace("median_s\n", "median_s,min_s\n").replace("0.00018\n", "0.00018,0.0002\n") \
         .replace("6.1e-06\n", "6.1e-06,6e-06\n")
     with pytest.raises(ValueError, match=r":4: field 'min_s': min_s=0.0002 exceeds median_s=0.00018"):
-        importers.read_csv(_write(tmp_path, text, "m.csv"))
+        measurements.read_csv(_write(tmp_path, text, "m.csv"))
     text = GOOD_CSV.replace("median_s\n", "median_s,noisy\n").replace("0.00018\n", "0.00018,yes\n")
     with pytest.raises(ValueError, match=r":4: field 'noisy': 'yes' must be 0 or 1"):
-        importers.read_csv(_write(tmp_path, text, "m.csv"))
+        measurements.read_csv(_write(tmp_path, text, "m.csv"))
 
 
 def test_read_measurements_dispatches_and_concat(tmp_path):
-    csv_path = measure.write_csv(tmp_path / "a.csv", MeasurementSet(
+    csv_path = measurements.write_csv(tmp_path / "a.csv", MeasurementSet(
         (Measurement(op="copy", kernel="copy", dtype="float32", elements=8, bytes=64, median_s=1e-5, min_s=1e-5),),
         {"backend": "cpu"}))
     a = importers.read_measurements(csv_path)

@@ -1,4 +1,4 @@
-"""Timing harness: statistics, interleaving, kernels against numpy references, file round trip."""
+"""Timing harness (measure), kernels and plans (kernels), rows and the file (measurements)."""
 
 import dataclasses
 import json
@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perfmodel import importers, measure
-from perfmodel.measure import Measurement, MeasurementSet, TimingConfig
+from perfmodel import kernels, measure, measurements
+from perfmodel.measure import TimingConfig
+from perfmodel.measurements import Measurement, MeasurementSet
 
 FAST = TimingConfig(rounds=3, min_round_s=0.0, warmup_calls=1, seed=1)
 
@@ -48,7 +49,7 @@ def test_rounds_are_interleaved_in_a_fresh_order(monkeypatch):
         return 1e-3 * (1 + seen[-1]), 1
 
     monkeypatch.setattr(measure, "time_round", fake_round)
-    points = [measure.Point(fn=lambda x, c=c: x + c, make_inputs=lambda rng: (jnp.zeros(1, jnp.int32),),
+    points = [kernels.Point(fn=lambda x, c=c: x + c, make_inputs=lambda rng: (jnp.zeros(1, jnp.int32),),
                             footprint_bytes=4, fields=dict(op="copy", kernel=f"k{c}", dtype="int32", elements=1))
               for c in range(6)]
     rows = measure.time_points(points, dataclasses.replace(FAST, rounds=4), progress=False)
@@ -60,7 +61,7 @@ def test_rounds_are_interleaved_in_a_fresh_order(monkeypatch):
 
 
 def test_memory_budget_splits_points_into_groups():
-    pts = [measure.Point(fn=None, make_inputs=None, footprint_bytes=b, fields={}) for b in (4, 4, 4, 9, 1)]
+    pts = [kernels.Point(fn=None, make_inputs=None, footprint_bytes=b, fields={}) for b in (4, 4, 4, 9, 1)]
     assert measure._groups(pts, budget=10) == [[0, 1], [2], [3, 4]]
 
 
@@ -69,14 +70,14 @@ def _run(points):
 
 
 def test_gemm_and_attention_points_time_the_right_math():
-    gemm = measure.gemm_points([(8, 16, 32)], ["float32", "bfloat16"])
+    gemm = kernels.gemm_points([(8, 16, 32)], ["float32", "bfloat16"])
     assert gemm[0].fields["flops"] == 2 * 8 * 16 * 32
     assert gemm[0].fields["bytes"] == (8 * 32 + 32 * 16 + 8 * 16) * 4
     assert gemm[1].fields["bytes"] == (8 * 32 + 32 * 16 + 8 * 16) * 2
     a, b = gemm[0].make_inputs(np.random.default_rng(0))
     np.testing.assert_allclose(gemm[0].fn(a, b), np.asarray(a) @ np.asarray(b), rtol=1e-5, atol=1e-5)
 
-    (att,) = measure.decode_attention_points([(2, 16, 4, 2, 8)], ["float32"])
+    (att,) = kernels.decode_attention_points([(2, 16, 4, 2, 8)], ["float32"])
     assert att.fields["flops"] == 4 * 2 * 4 * 16 * 8
     assert att.fields["bytes"] == (2 * 2 * 16 * 2 * 8 + 2 * 2 * 4 * 8) * 4
     q, k, v = (np.asarray(x, np.float64) for x in att.make_inputs(np.random.default_rng(0)))
@@ -88,7 +89,7 @@ def test_gemm_and_attention_points_time_the_right_math():
     np.testing.assert_allclose(att.fn(*att.make_inputs(np.random.default_rng(0))),
                                np.einsum("bhs,bhsd->bhd", p, vv), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="kv_heads=3 does not divide heads=4"):
-        measure.decode_attention_points([(1, 8, 4, 3, 8)], ["float32"])
+        kernels.decode_attention_points([(1, 8, 4, 3, 8)], ["float32"])
 
     rows = _run(gemm + [att])
     assert [r.op for r in rows] == ["gemm", "gemm", "decode_attention"]
@@ -97,7 +98,7 @@ def test_gemm_and_attention_points_time_the_right_math():
 
 
 def test_elementwise_and_copy_points():
-    pts = measure.elementwise_points([256], ["float32"])
+    pts = kernels.elementwise_points([256], ["float32"])
     assert [p.fields["op"] for p in pts] == ["elementwise", "copy"]
     assert pts[0].fields["bytes"] == 3 * 256 * 4 and pts[0].fields["flops"] == 256
     assert pts[1].fields["bytes"] == 2 * 256 * 4 and pts[1].fields["flops"] == 0
@@ -109,10 +110,10 @@ def test_elementwise_and_copy_points():
     assert cost["bytes accessed"] == 2 * 256 * 4
 
 
-@pytest.mark.parametrize("op", measure.COLLECTIVE_OPS)
+@pytest.mark.parametrize("op", measurements.COLLECTIVE_OPS)
 def test_collectives_match_numpy_on_the_emulated_mesh(op):
     n = jax.device_count()
-    (pt,) = measure.collective_points([4 * 2 * n], ops=[op])  # 2n float32 per rank
+    (pt,) = kernels.collective_points([4 * 2 * n], ops=[op])  # 2n float32 per rank
     (x,) = pt.make_inputs(np.random.default_rng(0))
     out = np.asarray(pt.fn(x))
     shards = np.asarray(x).reshape(n, -1)  # rank r holds shards[r]
@@ -135,21 +136,21 @@ def test_collectives_match_numpy_on_the_emulated_mesh(op):
 def test_collective_sizes_must_divide():
     n = jax.device_count()
     with pytest.raises(ValueError, match=f"bytes=12 is not a multiple of 4·n_devices={4 * n}"):
-        measure.collective_points([12])
+        kernels.collective_points([12])
     with pytest.raises(ValueError, match="unknown collective op='broadcast'"):
-        measure.collective_points([4 * n], ops=["broadcast"])
+        kernels.collective_points([4 * n], ops=["broadcast"])
 
 
 def test_time_points_flags_emulated_collectives():
-    rows = _run(measure.collective_points([4 * 8 * jax.device_count()], ops=["all_reduce", "send_recv"]))
+    rows = _run(kernels.collective_points([4 * 8 * jax.device_count()], ops=["all_reduce", "send_recv"]))
     assert all(r.emulated and r.n_devices == jax.device_count() and r.median_s > 0 for r in rows)
 
 
 def test_plan_quick_covers_the_families():
-    points, skipped = measure.plan(quick=True)
+    points, skipped = kernels.plan(quick=True)
     ops = {p.fields["op"] for p in points}
     assert {"gemm", "decode_attention", "elementwise", "copy"} <= ops
-    assert set(measure.COLLECTIVE_OPS) <= ops  # 8 emulated devices in tests
+    assert set(measurements.COLLECTIVE_OPS) <= ops  # 8 emulated devices in tests
     gemm = [p.fields for p in points if p.fields["op"] == "gemm"]
     assert {g["dtype"] for g in gemm} == {"float32", "bfloat16"}
     assert len({(g["m"], g["n"], g["k"]) for g in gemm}) == len(gemm) // 2  # no duplicate shapes
@@ -160,10 +161,10 @@ def test_plan_quick_covers_the_families():
     else:
         assert "fake_quantize" in skipped
     # Same seed, same plan.
-    again, _ = measure.plan(quick=True)
+    again, _ = kernels.plan(quick=True)
     assert [p.fields for p in again] == [p.fields for p in points]
     with pytest.raises(ValueError, match="unknown families"):
-        measure.plan(families=["gemm", "matmul"])
+        kernels.plan(families=["gemm", "matmul"])
 
 
 def test_fake_quantize_points_when_numerics_has_it():
@@ -171,7 +172,7 @@ def test_fake_quantize_points_when_numerics_has_it():
     if not hasattr(numerics, "fake_quantize"):
         pytest.skip("numerics.fake_quantize not written yet")
     fmt = numerics.FORMAT_NAMES[0]
-    (pt,) = measure.fake_quantize_points([2048], [fmt])
+    (pt,) = kernels.fake_quantize_points([2048], [fmt])
     (x,) = pt.make_inputs(np.random.default_rng(0))
     np.testing.assert_array_equal(jax.jit(pt.fn)(x), numerics.fake_quantize(x, fmt, axis=-1))
     assert pt.fields["bytes"] == 2 * 2048 * 4 and pt.fields["flops"] is None
@@ -207,9 +208,9 @@ def test_csv_round_trip_is_exact(tmp_path):
     rows = (_row(), _row(op="all_to_all", kernel="all_to_all", m=0, n=0, k=0, n_devices=8, bytes=4096, flops=0,
                          median_s=1 / 3, min_s=0.1, noisy=True, emulated=True))
     mset = MeasurementSet(rows, {"backend": "cpu", "nested": {"a": [1, 2]}})
-    path = measure.write_csv(tmp_path / "sub" / "m.csv", mset)
+    path = measurements.write_csv(tmp_path / "sub" / "m.csv", mset)
     assert not list(path.parent.glob(".*.tmp"))  # the temp file was renamed away
-    back = importers.read_csv(path)
+    back = measurements.read_csv(path)
     assert back.rows == rows and back.env == mset.env
     first, env_line = path.read_text().splitlines()[:2]
     assert first == "# paretolab-measurements schema=1" and json.loads(env_line[6:]) == mset.env
@@ -223,11 +224,11 @@ def test_environment_records_versions_devices_and_git():
 
 
 def test_cli_writes_a_measurement_file(tmp_path, monkeypatch):
-    tiny = measure.gemm_points([(8, 8, 8)], ["float32"]) + measure.elementwise_points([64], ["float32"])
+    tiny = kernels.gemm_points([(8, 8, 8)], ["float32"]) + kernels.elementwise_points([64], ["float32"])
     monkeypatch.setattr(measure, "plan", lambda quick, families, seed: (tiny, {"collectives": "test"}))
     out = measure.main(["--quick", "--out", str(tmp_path / "m.csv"), "--rounds", "2", "--min-round-s", "0",
                         "--no-progress"])
-    back = importers.read_csv(out)
+    back = measurements.read_csv(out)
     assert [r.op for r in back.rows] == ["gemm", "elementwise", "copy"]
     assert back.env["quick"] is True and back.env["timing"]["rounds"] == 2 and back.env["skipped"] == {"collectives": "test"}
     assert all(r.n_rounds == 2 for r in back.rows)
