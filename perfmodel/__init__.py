@@ -1,8 +1,9 @@
 """perfmodel: a differentiable analytical cost model of LLM inference.
 
 Specs and presets (`specs`, `presets`), per-op costs (`ops`) with learnable efficiencies
-(`efficiency`), steps of a model under a layout (`step`), serving metrics and Pareto frontiers
-(`serving`), energy (`energy`), exhaustive sweeps (`sweep`) and the paper studies (`studies`).
+(`efficiency`), steps of a model under a layout (`step`), per-GPU memory and the Appendix A
+roofline (`memory`), serving metrics and Pareto frontiers (`serving`), energy (`energy`),
+exhaustive sweeps (`sweep`) and the paper studies (`studies`).
 Everything numeric is jnp: jit-able, vmap-able over design points, differentiable.
 """
 
@@ -44,14 +45,14 @@ from .specs import LinkLevel as LinkLevel
 from .specs import ModelSpec as ModelSpec
 from .specs import Workload as Workload
 from .specs import format_bits as format_bits
+from .memory import Memory as Memory
+from .memory import fits as fits
+from .memory import memory_footprint as memory_footprint
 from .step import LayoutArrays as LayoutArrays
-from .step import Memory as Memory
 from .step import StepCost as StepCost
 from .step import decode_step as decode_step
-from .step import fits as fits
 from .step import layout_arrays as layout_arrays
 from .step import make_layout_arrays as make_layout_arrays
-from .step import memory_footprint as memory_footprint
 from .step import mixed_step as mixed_step
 from .step import prefill_step as prefill_step
 from .step import stack_layouts as stack_layouts

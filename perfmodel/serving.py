@@ -34,10 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import ops
+from .memory import fits
 from .specs import HardwareSpec, ModelSpec
-from .step import (
-    LayoutArrays, StepCost, decode_step, fits, mixed_step, pipeline_microbatches, prefill_step, round_up,
-)
+from .step import LayoutArrays, StepCost, decode_step, mixed_step, pipeline_microbatches, prefill_step, round_up
 
 
 class Serving(NamedTuple):

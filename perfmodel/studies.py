@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .efficiency import EfficiencyParams, datasheet_params
+from .memory import fits
 from .presets import get_hardware, get_model
 from .serving import colocated, disaggregated, envelope, pareto_front, replica_gpus
-from .step import LayoutArrays, decode_step, fits, prefill_step
+from .step import LayoutArrays, decode_step, prefill_step
 from .sweep import decode_sweep, enumerate_layouts, evaluate
 
 PAPER_HELIX = {

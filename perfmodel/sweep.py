@@ -30,9 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .memory import fits
 from .serving import pareto_mask, replica_gpus
 from .specs import HardwareSpec, ModelSpec
-from .step import LayoutArrays, decode_step, fits
+from .step import LayoutArrays, decode_step
 
 FAMILIES = ("tp", "dp_ep", "medha", "helix")
 

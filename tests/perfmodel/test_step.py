@@ -8,9 +8,10 @@ from jax.test_util import check_grads
 
 from perfmodel import Layout, ModelSpec, datasheet_params, get_hardware, get_model, ops
 from perfmodel.efficiency import Efficiency, constrain, unconstrain
+from perfmodel.memory import appendix_a_read_times, decode_read_bytes, fits, memory_footprint
 from perfmodel.step import (
-    appendix_a_read_times, decode_read_bytes, decode_step, expected_active_experts, fits, hopb_time,
-    layout_arrays, make_layout_arrays, max1_relaxed, memory_footprint, mixed_step, prefill_step,
+    decode_step, expected_active_experts, hopb_time, layout_arrays, make_layout_arrays, max1_relaxed, mixed_step,
+    prefill_step,
 )
 
 GB200 = get_hardware("gb200-nvl72")
