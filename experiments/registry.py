@@ -34,6 +34,7 @@ EXPERIMENTS: dict[str, str] = {
     "disagg-pareto": "experiments.disagg_pareto",
     "search": "experiments.search_study",
     "helix-mx": "experiments.helix_mx",
+    "energy": "experiments.energy",
 }
 
 
