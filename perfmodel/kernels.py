@@ -18,7 +18,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .measurements import COLLECTIVE_OPS
+from .measurements import COLLECTIVE_OPS, itemsize
 
 FAMILIES = ("gemm", "decode_attention", "elementwise", "fake_quantize", "collectives")
 
@@ -52,10 +52,6 @@ def log2_grid(lo: int, hi: int, step: int = 1) -> list[int]:
     return [1 << e for e in range(lo.bit_length() - 1, hi.bit_length(), step)]
 
 
-def _itemsize(dtype: str) -> int:
-    return jnp.dtype(dtype).itemsize
-
-
 def _normal(rng: np.random.Generator, shape: tuple[int, ...], dtype: str, sharding=None):
     x = rng.standard_normal(shape, dtype=np.float32).astype(jnp.dtype(dtype))
     return jax.device_put(x, sharding) if sharding is not None else jax.device_put(x)
@@ -68,7 +64,7 @@ def gemm_points(shapes: Sequence[tuple[int, int, int]], dtypes: Sequence[str]) -
     """
     points = []
     for dtype in dtypes:
-        size = _itemsize(dtype)
+        size = itemsize(dtype)
         for m, n, k in shapes:
             def fn(a, b, dt=jnp.dtype(dtype)):
                 return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(dt)
@@ -120,7 +116,7 @@ def decode_attention_points(configs: Sequence[tuple[int, int, int, int, int]],
     """
     points = []
     for dtype in dtypes:
-        size = _itemsize(dtype)
+        size = itemsize(dtype)
         for b, s, h, kvh, d in configs:
             if h % kvh:
                 raise ValueError(f"kv_heads={kvh} does not divide heads={h}")
@@ -146,7 +142,7 @@ def elementwise_points(sizes: Sequence[int], dtypes: Sequence[str]) -> list[Poin
     """
     points = []
     for dtype in dtypes:
-        size = _itemsize(dtype)
+        size = itemsize(dtype)
         for e in sizes:
             points.append(Point(
                 fn=jnp.multiply,

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
+import jax.numpy as jnp
 import numpy as np
 
 from .fileio import write_text_atomic
@@ -143,6 +144,18 @@ class MeasurementSet:
 def rows_of(measurements: MeasurementSet | Sequence[Measurement]) -> list[Measurement]:
     """The rows of a `MeasurementSet`, or the given sequence of rows, as a list."""
     return list(measurements.rows if isinstance(measurements, MeasurementSet) else measurements)
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per element of a dtype name ("float32" → 4, "bfloat16" → 2, "float8_e4m3fn" → 1).
+
+    Raises:
+      ValueError: a name that is no element type.
+    """
+    try:
+        return int(np.dtype(jnp.dtype(dtype)).itemsize)
+    except TypeError as e:
+        raise ValueError(f"dtype={dtype!r} is not a known element type") from e
 
 
 # ----------------------------------------------------------------------------- writing

@@ -1,4 +1,5 @@
-"""Calibration: splits, losses, gradients, recovery of known parameters, report, profiles, CLI."""
+"""Calibration: splits (calib_data), losses and fit (calibrate), parameters (calib_params), report
+(calib_report), profiles (profile), the CPU spec (cpu), CLI."""
 
 import dataclasses
 import json
@@ -9,14 +10,14 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from perfmodel import calibrate, efficiency, kernels, measurements, ops
-from perfmodel.calibrate import CalibParams
+from perfmodel import calib_data, calib_params, calib_report, calibrate, cpu, efficiency, kernels, measurements, ops, profile
+from perfmodel.calib_params import CalibParams
 from perfmodel.efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, constrain, unconstrain
 from perfmodel.measurements import Measurement, MeasurementSet
 from perfmodel.presets import get_hardware
 
 H100 = get_hardware("h100-sxm")
-BF16, FP8 = calibrate.PRECISIONS.index("bf16"), calibrate.PRECISIONS.index("fp8")
+BF16, FP8 = calib_params.PRECISIONS.index("bf16"), calib_params.PRECISIONS.index("fp8")
 
 
 def _logit(p):
@@ -32,7 +33,7 @@ def _truth() -> CalibParams:
         overhead_s=e.overhead_s.at[GEMM].set(6e-6).at[DECODE_ATTENTION].set(4e-6).at[ELEMENTWISE].set(3e-6),
         link_alpha_s=e.link_alpha_s.at[1].set(3e-6), link_eff=e.link_eff.at[1].set(0.7),
     )
-    offsets = jnp.zeros((5, len(calibrate.PRECISIONS), 2)).at[GEMM, FP8, 0].set(_logit(0.5) - _logit(0.7))
+    offsets = jnp.zeros((5, len(calib_params.PRECISIONS), 2)).at[GEMM, FP8, 0].set(_logit(0.5) - _logit(0.7))
     return CalibParams(unconstrain(phys), offsets)
 
 
@@ -58,7 +59,7 @@ def _synthetic_rows(params, noise=0.03, seed=0):
         for nbytes in (1 << p for p in range(10, 31, 2)):
             rows.append(dict(op=op, kernel=op, dtype="float32", n_devices=8, bytes=nbytes))
     rows = [Measurement(**r, median_s=1.0, min_s=1.0) for r in rows]
-    t = calibrate.predict_rows(params, H100, rows, calibrate.cost_model_times)
+    t = calib_params.predict_rows(params, H100, rows, calib_params.cost_model_times)
     t = t * np.exp(noise * rng.standard_normal(len(rows)))
     return [dataclasses.replace(r, median_s=float(x), min_s=float(x)) for r, x in zip(rows, t)]
 
@@ -78,8 +79,8 @@ def test_fit_recovers_known_parameters_within_5_percent(synthetic):
                                      ("memory_eff", ELEMENTWISE), ("overhead_s", ELEMENTWISE),
                                      ("link_alpha_s", 1), ("link_eff", 1))),
                            ("fp8", (("compute_eff", GEMM),))):
-        want = constrain(calibrate.efficiency_for(truth, precision))
-        got = constrain(calibrate.efficiency_for(fitted, precision))
+        want = constrain(calib_params.efficiency_for(truth, precision))
+        got = constrain(calib_params.efficiency_for(fitted, precision))
         for field, i in idx:
             w, g = float(getattr(want, field)[i]), float(getattr(got, field)[i])
             assert g == pytest.approx(w, rel=0.05), f"{precision} {field}[{i}]: fitted {g:.4g}, true {w:.4g}"
@@ -95,7 +96,7 @@ def test_fit_report_on_synthetic_data(synthetic):
     assert report.losses["final"] < report.losses["initial"]
     # Unmeasured classes have no data gradient: the prior takes them from the start (efficiency 0.5)
     # to the datasheet values.
-    prior, start = calibrate.init_params(H100), calibrate.init_params(H100, efficiency=0.5)
+    prior, start = calib_params.init_params(H100), calib_params.init_params(H100, efficiency=0.5)
     for field in ("compute_logit", "memory_logit", "overhead_log"):
         for c in (efficiency.GROUPED_GEMM, efficiency.PREFILL_ATTENTION):
             want = float(getattr(prior.efficiency, field)[c])
@@ -107,11 +108,11 @@ def test_check_grads_on_the_loss():
     truth = _truth()
     rows = [r for r in _synthetic_rows(truth, seed=1)][::6]
     with jax.enable_x64(True):
-        data, _ = calibrate.make_data(rows, dtype=jnp.float64)
+        data, _ = calib_data.make_data(rows, dtype=jnp.float64)
         p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) + 0.1, truth)  # off the optimum
-        prior = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), calibrate.init_params(H100))
+        prior = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), calib_params.init_params(H100))
         # One function weighing the three robust losses differently, so one compile checks them all.
-        fn = jax.jit(lambda p: sum((i + 1.0) * calibrate.objective(p, data, prior, H100, calibrate.cost_model_times,
+        fn = jax.jit(lambda p: sum((i + 1.0) * calibrate.objective(p, data, prior, H100, calib_params.cost_model_times,
                                                                    loss=loss, prior_weight=1e-3)
                                    for i, loss in enumerate(calibrate.ROBUST_LOSSES)))
         check_grads(fn, (p64,), order=1, modes=("rev",), eps=1e-5, atol=1e-6, rtol=1e-4)
@@ -142,25 +143,25 @@ def _rows_for_split():
 
 def test_split_is_deterministic_stratified_and_order_free():
     rows = _rows_for_split()
-    held = calibrate.split_mask(rows, "random", 0.25, seed=3)
+    held = calib_data.split_mask(rows, "random", 0.25, seed=3)
     ops_ = np.array([r.op for r in rows])
     assert held[ops_ == "gemm"].sum() == 10 and held[ops_ == "copy"].sum() == 5
-    np.testing.assert_array_equal(held, calibrate.split_mask(rows, "random", 0.25, seed=3))
+    np.testing.assert_array_equal(held, calib_data.split_mask(rows, "random", 0.25, seed=3))
     perm = np.random.default_rng(0).permutation(len(rows))
-    held_perm = calibrate.split_mask([rows[i] for i in perm], "random", 0.25, seed=3)
+    held_perm = calib_data.split_mask([rows[i] for i in perm], "random", 0.25, seed=3)
     np.testing.assert_array_equal(held_perm, held[perm])  # a row's fate does not depend on file order
-    assert not np.array_equal(held, calibrate.split_mask(rows, "random", 0.25, seed=4))
+    assert not np.array_equal(held, calib_data.split_mask(rows, "random", 0.25, seed=4))
 
 
 def test_extrapolation_split_holds_out_the_largest():
     rows = _rows_for_split()
-    held = calibrate.split_mask(rows, "extrapolation", 0.25)
+    held = calib_data.split_mask(rows, "extrapolation", 0.25)
     assert sorted(r.m for r, h in zip(rows, held) if h and r.op == "gemm") == list(range(38, 48))
     assert sorted(r.elements for r, h in zip(rows, held) if h and r.op == "copy") == list(range(115, 120))
     with pytest.raises(ValueError, match="split kind='k-fold'"):
-        calibrate.split_mask(rows, "k-fold")
+        calib_data.split_mask(rows, "k-fold")
     with pytest.raises(ValueError, match="fraction=1.0 must be in"):
-        calibrate.split_mask(rows, "random", 1.0)
+        calib_data.split_mask(rows, "random", 1.0)
 
 
 def test_error_report_math_and_headline():
@@ -169,7 +170,7 @@ def test_error_report_math_and_headline():
                         min_s=float(x)) for i, x in enumerate(t)]
     held = np.array([True, True, True, False])
     preds = {"fitted": t * np.array([1.1, 0.8, 3.0, 1.0]), "datasheet": t * np.array([0.5, 0.5, 0.5, 0.5])}
-    errors, headline = calibrate.error_report(rows, held, preds, threshold_s=1e-3)
+    errors, headline = calib_report.error_report(rows, held, preds, threshold_s=1e-3)
     pick = {(e["model"], e["subset"], e["op"], e["kernels"]): e for e in errors}
     long_fit = pick[("fitted", "heldout", "all", ">1ms")]
     assert long_fit["n"] == 2 and long_fit["mape"] == pytest.approx(15.0) and long_fit["median_ape"] == pytest.approx(15.0)
@@ -198,34 +199,34 @@ def test_per_precision_offsets_reach_the_cost_model():
     rows = [Measurement(op="gemm", kernel="matmul", dtype=d, m=4096, n=4096, k=4096, flops=2 * 4096**3,
                         bytes=3 * 4096**2 * jnp.dtype(d).itemsize, median_s=1.0, min_s=1.0)
             for d in ("bfloat16", "float8_e4m3fn")]
-    got = calibrate.predict_rows(truth, H100, rows, calibrate.cost_model_times)
-    want = [ops.gemm_time(calibrate.efficiency_for(truth, p), H100, 4096, 4096, 4096, b)
+    got = calib_params.predict_rows(truth, H100, rows, calib_params.cost_model_times)
+    want = [ops.gemm_time(calib_params.efficiency_for(truth, p), H100, 4096, 4096, 4096, b)
             for p, b in (("bf16", 2), ("fp8", 1))]
     np.testing.assert_allclose(got, np.asarray(want, np.float64), rtol=1e-6)
     with pytest.raises(ValueError, match="precision='fp16' is not one of"):
-        calibrate.efficiency_for(truth, "fp16")
+        calib_params.efficiency_for(truth, "fp16")
 
 
 def test_cpu_local_spec_from_declared_isa():
-    hw = calibrate.cpu_local_spec(40e9, n_devices=8, cores=2, clock_hz=2.7e9, flags={"avx512f", "amx_bf16"},
+    hw = cpu.cpu_local_spec(40e9, n_devices=8, cores=2, clock_hz=2.7e9, flags={"avx512f", "amx_bf16"},
                                   memory_bytes=16e9)
     assert hw.flops_fp32 == 2 * 2.7e9 * 64 and hw.flops_bf16 == 2 * 2.7e9 * 1024
     assert hw.hbm_bandwidth_bytes_per_s == 40e9 and hw.scale_up.size == 8
-    avx2 = calibrate.cpu_local_spec(40e9, cores=4, clock_hz=3e9, flags={"avx2"}, memory_bytes=16e9)
+    avx2 = cpu.cpu_local_spec(40e9, cores=4, clock_hz=3e9, flags={"avx2"}, memory_bytes=16e9)
     assert avx2.flops_fp32 == avx2.flops_bf16 == 4 * 3e9 * 32
     with pytest.raises(ValueError, match="cannot derive a CPU peak"):
-        calibrate.cpu_local_spec(40e9, cores=2, clock_hz=2e9, flags={"neon"}, memory_bytes=1e9)
+        cpu.cpu_local_spec(40e9, cores=2, clock_hz=2e9, flags={"neon"}, memory_bytes=1e9)
     copies = [Measurement(op="copy", kernel="copy", dtype="float32", elements=e, bytes=8 * e, median_s=t, min_s=t)
               for e, t in ((1000, 1e-6), (10**6, 1e-3))]
-    assert calibrate.stream_copy_bandwidth(copies) == pytest.approx(8e9)
+    assert cpu.stream_copy_bandwidth(copies) == pytest.approx(8e9)
     with pytest.raises(ValueError, match="no copy rows"):
-        calibrate.stream_copy_bandwidth(copies[:0])
+        cpu.stream_copy_bandwidth(copies[:0])
 
 
 def test_profile_round_trip_and_strict_load(tmp_path, synthetic):
     _, _, fitted, report = synthetic
-    path = calibrate.save_profile(tmp_path / "p.json", H100, fitted, {"random": report}, {"backend": "gpu"})
-    hw, params = calibrate.load_profile(path)
+    path = profile.save_profile(tmp_path / "p.json", H100, fitted, {"random": report}, {"backend": "gpu"})
+    hw, params = profile.load_profile(path)
     assert hw == H100
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fitted)):
         np.testing.assert_array_equal(a, b)
@@ -238,7 +239,7 @@ def test_profile_round_trip_and_strict_load(tmp_path, synthetic):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps(d))
         with pytest.raises(ValueError, match=match):
-            calibrate.load_profile(bad)
+            profile.load_profile(bad)
 
     broken(lambda d: d.update(format="other"), "format is not 'paretolab-profile'")
     broken(lambda d: d.update(version=2), "version=2; this reader knows 1")
@@ -252,13 +253,13 @@ def test_profile_round_trip_and_strict_load(tmp_path, synthetic):
     broken(lambda d: d["params"].pop(key), rf"missing \['{key}'\]")
     (tmp_path / "notjson.json").write_text("{")
     with pytest.raises(ValueError, match="not JSON"):
-        calibrate.load_profile(tmp_path / "notjson.json")
+        profile.load_profile(tmp_path / "notjson.json")
 
 
 def test_profile_with_a_generic_pytree(tmp_path):
     params = {"a": jnp.arange(3.0), "b": (jnp.float32(2.5),)}
-    path = calibrate.save_profile(tmp_path / "g.json", H100, params)
-    _, back = calibrate.load_profile(path, template=params)
+    path = profile.save_profile(tmp_path / "g.json", H100, params)
+    _, back = profile.load_profile(path, template=params)
     assert jax.tree.structure(back) == jax.tree.structure(params)
     np.testing.assert_array_equal(back["a"], params["a"])
 
@@ -271,7 +272,7 @@ def test_cli_fits_a_measurement_file(tmp_path, synthetic, capsys):
     assert summary["heldout_mape_gt1ms_random"]["n"] > 0
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(summary))
-    hw, params = calibrate.load_profile(tmp_path / "out" / "profile.json")
+    hw, params = profile.load_profile(tmp_path / "out" / "profile.json")
     assert hw == H100 and isinstance(params, CalibParams)
     assert (tmp_path / "out" / "report.md").read_text().startswith("# calibration of h100-sxm")
     with pytest.raises(ValueError, match="no hardware preset for device_kind='Gaudi3'"):

@@ -1,0 +1,174 @@
+"""What calibration fits, and the cost model's prediction for measured rows.
+
+`CalibParams` is the cost model's `EfficiencyParams` plus per-precision logit offsets: a pytree
+optax updates directly. `cost_model_times` maps a measurement op class onto the `perfmodel.ops`
+cost function that costs it, vectorized over the rows; `predict_rows` evaluates it for any rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import ops
+from .calib_data import make_data
+from .efficiency import OP_CLASSES, EfficiencyParams, datasheet_params
+from .measurements import Measurement
+from .specs import HardwareSpec
+
+# predict(params, hardware, op, cols) → seconds [n], > 0; cols as `calib_data.columns` of the rows.
+PredictFn = Callable[[object, object, str, Mapping[str, jax.Array]], jax.Array]
+
+# Measurement op class → the cost function that costs it (perfmodel.ops).
+MODEL_OF_OP = {
+    "gemm": "gemm_time", "decode_attention": "decode_attention_time", "elementwise": "elementwise_time",
+    "copy": "elementwise_time", "fake_quantize": "elementwise_time", "all_reduce": "collective_time",
+    "all_gather": "collective_time", "reduce_scatter": "collective_time", "all_to_all": "collective_time",
+    "send_recv": "collective_time",
+}
+# Compute precisions, as `HardwareSpec.peak_flops` picks its peak: ≤ 4.5, ≤ 8.25, ≤ 16 bits, else FP32.
+PRECISIONS = ("fp4", "fp8", "bf16", "fp32")
+
+
+def precision_index(bytes_per_elem) -> jax.Array:
+    """Index into `PRECISIONS` of an operand width, by the same thresholds as `peak_flops`.
+
+    Args:
+      bytes_per_elem: operand width (bytes), any shape.
+
+    Returns:
+      int32 indices, same shape.
+    """
+    bits = 8.0 * jnp.asarray(bytes_per_elem, jnp.float32)
+    return jnp.where(bits <= 4.5, 0, jnp.where(bits <= 8.25, 1, jnp.where(bits <= 16.0, 2, 3)))
+
+
+class CalibParams(NamedTuple):
+    """What calibration fits: the cost model's `EfficiencyParams` plus per-precision logit offsets.
+
+    One compute efficiency per op class cannot serve two precisions whose peaks differ by more than
+    their achieved rates do (this CPU: f32 GEMMs reach ~45% of the AVX-512 peak, bf16 ~15-20% of
+    the AMX peak). Row i of op class c at precision p therefore uses
+
+        compute_logit[c] + precision_logit[c, p, 0],   memory_logit[c] + precision_logit[c, p, 1],
+
+    offsets that start (and are pulled by the prior) at 0, so an unmeasured precision inherits
+    the class's values. `efficiency_for(params, precision)` folds them into an `EfficiencyParams`.
+
+    Attributes:
+      efficiency: `perfmodel.efficiency.EfficiencyParams` (raw).
+      precision_logit: [n_op_classes, len(PRECISIONS), 2] raw offsets (compute, memory).
+    """
+
+    efficiency: EfficiencyParams
+    precision_logit: jax.Array
+
+
+def init_params(hardware: HardwareSpec, efficiency: float | None = None) -> CalibParams:
+    """`efficiency.datasheet_params(hardware)` with zero precision offsets.
+
+    Args:
+      hardware: the `HardwareSpec`.
+      efficiency: compute/memory/link efficiency (default: the datasheet roofline's 1 − 1e-4). A fit
+        starts from 0.5: at 1 − 1e-4 the sigmoid is saturated (gradient ∝ 1e-4), and a fit that
+        starts there can settle with a compute-bound class explained by a too-low memory efficiency.
+
+    Returns:
+      `CalibParams`.
+    """
+    base = datasheet_params(hardware) if efficiency is None else datasheet_params(hardware, efficiency=efficiency)
+    return CalibParams(base, jnp.zeros((len(OP_CLASSES), len(PRECISIONS), 2), jnp.float32))
+
+
+def efficiency_for(params: CalibParams, precision: str) -> EfficiencyParams:
+    """The `EfficiencyParams` of one compute precision (offsets folded in), for the cost model.
+
+    compute_logit[c] + precision_logit[c, p, 0] and memory_logit[c] + precision_logit[c, p, 1].
+
+    Raises:
+      ValueError: an unknown precision.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+    p = PRECISIONS.index(precision)
+    e = params.efficiency
+    return e._replace(compute_logit=e.compute_logit + params.precision_logit[:, p, 0],
+                      memory_logit=e.memory_logit + params.precision_logit[:, p, 1])
+
+
+def _per_row(params, bytes_per_elem):
+    """EfficiencyParams whose compute/memory logits are [n_op_classes, n_rows]: each row its precision's.
+
+    The cost functions index these leaves by op class only, so per-row columns broadcast against
+    the row arrays.
+    """
+    if not isinstance(params, CalibParams):
+        return params
+    p = precision_index(bytes_per_elem)
+    e = params.efficiency
+    return e._replace(compute_logit=e.compute_logit[:, None] + params.precision_logit[:, p, 0],
+                      memory_logit=e.memory_logit[:, None] + params.precision_logit[:, p, 1])
+
+
+def cost_model_times(params, hardware: HardwareSpec, op: str, cols: Mapping[str, jax.Array]) -> jax.Array:
+    """The cost model's time for every row of one op class: a thin, vectorized map onto perfmodel.ops.
+
+    gemm → `gemm_time(m, n, k, bytes_per_elem)`; decode_attention → `decode_attention_time(batch,
+    seq, heads, kv_heads, head_dim, head_dim, bytes_per_elem)`; elementwise, copy, fake_quantize →
+    `elementwise_time(bytes, flops)`; collectives → `collective_time(op, bytes, n_devices)`.
+
+    Args:
+      params: `CalibParams`, or `EfficiencyParams` / `Efficiency` (no precision offsets).
+      hardware: `HardwareSpec`.
+      op: measurement op class.
+      cols: `calib_data.columns` of the rows as arrays [n].
+
+    Returns:
+      seconds [n].
+
+    Raises:
+      ValueError: an op class the cost model does not cost.
+    """
+    c = cols
+    eff = _per_row(params, c["bytes_per_elem"])
+    if op == "gemm":
+        return ops.gemm_time(eff, hardware, c["m"], c["n"], c["k"], c["bytes_per_elem"])
+    if op == "decode_attention":
+        return ops.decode_attention_time(eff, hardware, c["batch"], c["seq"], c["heads"], c["kv_heads"],
+                                         c["head_dim"], c["head_dim"], c["bytes_per_elem"])
+    if op in ("elementwise", "copy", "fake_quantize"):
+        return ops.elementwise_time(eff, hardware, c["bytes"], c["flops"])
+    if op in MODEL_OF_OP:
+        return ops.collective_time(eff, hardware, op, c["bytes"], c["n_devices"])
+    raise ValueError(f"op={op!r} has no cost function; known: {sorted(MODEL_OF_OP)}")
+
+
+@functools.partial(jax.jit, static_argnames=("hardware", "predict"))
+def _predict_all(params, cols, *, hardware, predict):
+    return {op: predict(params, hardware, op, c) for op, c in cols.items()}
+
+
+def predict_rows(params, hardware: HardwareSpec, rows: Sequence[Measurement],
+                 predict: PredictFn | None = None) -> np.ndarray:
+    """Model times for `rows`, in row order (one jitted evaluation of every op class).
+
+    Args:
+      params: parameters `predict` takes (`CalibParams` for the default).
+      hardware: the `HardwareSpec` (static).
+      rows: the measurements whose sizes are costed.
+      predict: default `cost_model_times`.
+
+    Returns:
+      float64 [len(rows)], seconds.
+    """
+    data, index = make_data(rows)
+    times = _predict_all(params, data.cols, hardware=hardware, predict=predict or cost_model_times)
+    out = np.empty(len(rows))
+    for op, t in times.items():
+        out[index[op]] = np.asarray(t, np.float64)
+    return out
