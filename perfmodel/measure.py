@@ -2,11 +2,11 @@
 
 The kernels (`perfmodel.kernels`) are the ones the cost model costs: GEMM, decode attention,
 elementwise and copy, `numerics.fake_quantize`, collectives over the local mesh. The method follows
-the spirit of the MLPerf rules (arXiv 2410.12032 §4): compile and warm-up excluded; each point
-repeated until a minimum duration per round; the order of points shuffled in every round so drift
-cannot pose as a size effect; per round the minimum over calls, over rounds the median and the IQR;
-points whose IQR/median exceeds a threshold are flagged `noisy`, never dropped. The file format is
-`perfmodel.measurements` (docs/measurements.md).
+the spirit of the MLPerf Power measurement rules (arXiv 2410.12032 §4): compile and warm-up
+excluded; each point repeated until a minimum duration per round; the order of points shuffled in
+every round so drift cannot pose as a size effect; per round the minimum over calls, over rounds
+the median and the IQR; points whose IQR/median exceeds a threshold are flagged `noisy`, never
+dropped. The file format is `perfmodel.measurements` (docs/measurements.md).
 
     python -m perfmodel.measure --quick --out results/measurements/cpu.csv
 """
