@@ -206,33 +206,34 @@ def _headline(report: cal.FitReport) -> dict:
             "ratio_datasheet_over_fitted": h["ratio"], "n_kernels_gt_1ms": h["n"]}
 
 
-def calibrate_and_save(config: Config, out: ResultsDir) -> dict:
+def calibrate_and_save(config: Config, out: ResultsDir, prefix: str = "") -> dict:
     """Measure (or read), fit, and write measurements.csv, report.md, fit_errors.csv, profile.json and
-    predicted_vs_measured.png into `out`.
+    predicted_vs_measured.png into `out` (each name preceded by `prefix`).
 
     Returns:
       Headline dict: hardware, rows, held-out MAPE (> 1 ms) per split with the datasheet baseline,
       profile path, load average.
     """
     mset = measure_or_read(config)
-    measure.write_csv(out.file("measurements.csv"), mset)
+    measure.write_csv(out.file(f"{prefix}measurements.csv"), mset)
     hw = target_hardware(config, mset)
     params, fits = fit_all(config, mset, hw)
     reports = {split: rep for split, (_, rep) in fits.items()}
-    cal.save_profile(out.file("profile.json"), hw, params, reports, mset.env)
+    profile = out.file(f"{prefix}profile.json")
+    cal.save_profile(profile, hw, params, reports, mset.env)
     text = "\n\n".join(f"## {split} split\n\n{rep.format()}" for split, rep in reports.items())
     rows = [dict(split=split, **e) for split, rep in reports.items() for e in rep.errors]
-    out.write_csv("fit_errors.csv", rows)
-    out.save_figure("predicted_vs_measured.png", plot_predicted_vs_measured(mset, hw, fits, config))
+    out.write_csv(f"{prefix}fit_errors.csv", rows)
+    out.save_figure(f"{prefix}predicted_vs_measured.png", plot_predicted_vs_measured(mset, hw, fits, config))
     n_emulated = sum(r.emulated for r in mset.rows)
     head = {"hardware": hw.name, "rows": len(mset), "rows_fitted": len(mset) - n_emulated,
             "rows_noisy": int(sum(r.noisy for r in mset.rows)),
             "heldout_random": _headline(reports["random"]),
             "heldout_extrapolation": _headline(reports["extrapolation"]),
             "train_all_mape_pct": reports["all"].table("fitted", "train", ">1ms").get("all", {}).get("mape"),
-            "profile": str(out.file("profile.json")),
+            "profile": str(profile),
             "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-    out.write_text("report.md", f"# Calibration of {hw.name}\n\n{len(mset)} measured kernels "
+    out.write_text(f"{prefix}report.md", f"# Calibration of {hw.name}\n\n{len(mset)} measured kernels "
                    f"({n_emulated} on emulated devices, excluded from the fit), {head['rows_noisy']} flagged "
                    f"noisy (IQR/median > threshold; kept). Load average {head['load_avg']}.\n\n{text}\n")
     return head

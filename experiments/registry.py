@@ -28,6 +28,7 @@ from . import results
 
 # CLI name -> module. Add an entry when you add experiments/<module>.py.
 EXPERIMENTS: dict[str, str] = {
+    "quickstart": "experiments.quickstart",
     "mx-accuracy": "experiments.mx_accuracy",
     "calibrate": "experiments.calibration",
     "helix-pareto": "experiments.helix_pareto",
