@@ -9,6 +9,9 @@ spec. API:
     prefill_step(model, hw, params, lay, isl, *, relaxed=False) -> StepCost       prompts of `batch` seqs
     mixed_step(model, hw, params, lay, seq_len, isl, osl, *, relaxed=False) -> StepCost
                                                                       decode + piggybacked prefill
+    decode_layer_cost(model, hw, params, lay, seq_len, *, moe=None) -> LayerCost
+                                                   one decoder layer of decode_step, with bytes per collective
+Every step takes `moe_dispatch` ("all_to_all" or "all_gather", below).
 
 Memory footprint, the capacity check and the Appendix A roofline live in `perfmodel.memory`.
 
@@ -18,10 +21,15 @@ G = kvp·tpa is one attention group, T tokens per replica, T_a = T / dp_attn per
     attention  QKV by TPA (K heads per GPU: max(1, K/TPA), duplicated when TPA > K), attention
                over S/KVP cached tokens, all-to-all over KVP (partial outputs + LSE), W_O by G,
                all-reduce over G. HOP-B over `microbatches` n: c + m + (n−1)·max(c, m).
-    dense FFN  all-gather over dp_attn, TP over tpf·ep, all-reduce over tpf·ep.
+    dense FFN  all-gather over dp_attn, TP over tpf·ep, reduce-scatter over dp_attn (each group
+               keeps the sum for its own tokens), all-reduce over G (tpf·ep = N; a replicated
+               FFN, tpf·ep ≤ G, only all-reduces over its tpf·ep GPUs).
     MoE FFN    router; dispatch all-to-all over dp_attn; local experts E/EP, each TPF-sharded,
                reading only the experts that got a token: (E/EP)·(1 − (1 − k/E)^T); shared experts
-               TP over G; combine all-to-all over dp_attn; all-reduce over G.
+               TP over G; combine all-to-all over dp_attn; all-reduce over G. With
+               moe_dispatch="all_gather" the dispatch/combine all-to-alls become an all-gather of
+               the batch and a reduce-scatter of the outputs over dp_attn, as in the dense FFN
+               (what parallel/ does: it evaluates its local experts for every gathered token).
     PP         `pp` stages each hold ⌈L/pp⌉ layers; m = min(pp, B) micro-batches of B/m in flight;
                a token passes every stage: latency = L·t_layer(B/m) + (pp − 1)·t_send.
 
@@ -49,6 +57,10 @@ from .efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, GROUPED_GEMM, PREFI
 from .specs import HardwareSpec, Layout, ModelSpec
 
 _LSE_BYTES = 4.0  # one FP32 log-sum-exp per (token, head) travels with the partial outputs
+MOE_DISPATCH = ("all_to_all", "all_gather")  # how DP attention groups exchange MoE tokens
+# Online softmax per attention score: scale-and-subtract the running max (one FMA, 2), max, exp, sum.
+# source: FlashAttention-2, arXiv 2307.08691 §3.1 (the matmul-only count 4·d per score omits them).
+_SOFTMAX_FLOPS = 5.0
 
 
 class LayoutArrays(NamedTuple):
@@ -175,8 +187,11 @@ class _Tally:
     path multiplies instead of dividing.
     """
 
-    def __init__(self, hw: HardwareSpec, eff, lay: LayoutArrays, relaxed: bool = False):
-        self.hw, self.eff, self.lay, self.relaxed = hw, eff, lay, relaxed
+    def __init__(self, hw: HardwareSpec, eff, lay: LayoutArrays, relaxed: bool = False,
+                 moe_dispatch: str = "all_to_all"):
+        if moe_dispatch not in MOE_DISPATCH:
+            raise ValueError(f"moe_dispatch={moe_dispatch!r} is not one of {MOE_DISPATCH}")
+        self.hw, self.eff, self.lay, self.relaxed, self.moe_dispatch = hw, eff, lay, relaxed, moe_dispatch
         self.inv_peak = {
             "gemm": 1.0 / hw.peak_flops(jnp.maximum(lay.weight_bits, lay.act_bits)),
             "attn": 1.0 / hw.peak_flops(jnp.maximum(lay.kv_bits, lay.act_bits)),
@@ -195,6 +210,7 @@ class _Tally:
         self.w_inv_peak = {k: w[0] * v for k, v in self.inv_peak.items()}
         self.w_inv_bw = w[1] * self.inv_bw
         self.w_link = w[2]
+        self.by_kind = None  # {kind: bytes a GPU sends}, recorded only when set (decode_layer_cost)
 
     def op_time(self, cls, flops, nbytes, peak="gemm"):
         return ops.roofline_time(self.eff, cls, flops, nbytes, self.inv_peak[peak], self.inv_bw)
@@ -223,6 +239,8 @@ class _Tally:
         self.net = self.net + count * traffic
         self.busy_l = self.busy_l + count * traffic * grp.inv_bw_peak
         self.busy_w = self.busy_w + count * traffic * grp.inv_bw_peak * self.w_link
+        if self.by_kind is not None:
+            self.by_kind[kind] = self.by_kind[kind] + count * traffic
 
     def coll(self, kind, nbytes, grp, count, part="comm"):
         self.coll_work(kind, nbytes, grp, count)
@@ -304,6 +322,7 @@ def _attention(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
                                              act_bytes_per_elem=ab)
         else:
             attn = ops.decode_attention_cost(per_mb, ctx, qh, kvh, hsz, hsz, kb, act_bytes_per_elem=ab)
+        attn = (attn[0] + _SOFTMAX_FLOPS * per_mb * qh * ctx, attn[1])
         c = t.op_time(DECODE_ATTENTION, attn[0], attn[1], "attn")
         t.work(attn[0], attn[1], "attn", count * mb)
         a2a_bytes = per_mb * qh * (v_out * cb + _LSE_BYTES)
@@ -312,7 +331,7 @@ def _attention(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
         total = hopb_time(c, comm, mb, lay.hopb)
         t.parts["attention"] = t.parts["attention"] + count * mb * c
         t.parts["comm"] = t.parts["comm"] + count * (total - mb * c)
-        if m.is_mla:
+        if m.is_mla:  # W_UV on this GPU's Q/TPA heads, before the all-to-all: its payload is v_dim wide
             t.op("attention", GROUPED_GEMM, ops.grouped_gemm_cost(bd * qh, v_out, lat, qh, ab, wb), count)
     if s.pf_tokens is not None:
         seqs = s.pf_seqs * inv["d"]
@@ -325,6 +344,7 @@ def _attention(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
         else:
             cost = ops.prefill_attention_cost(seqs, q_len, kv_len, qh, kvh, hsz, hsz, ab, kv_bytes_per_elem=kb,
                                               pairs=pairs)
+        cost = (cost[0] + _SOFTMAX_FLOPS * seqs * qh * pairs, cost[1])
         t.op("attention", PREFILL_ATTENTION, cost, count, peak="attn")
         t.coll("all_to_all", (s.pf_tokens * inv["d"]) * qh * (v_out * cb + _LSE_BYTES), kvp_group, count)
     t.op("attention", GEMM, ops.gemm_cost(ta, h, q * inv["g"] * v_out, ab, wb), count)
@@ -339,7 +359,12 @@ def _dense_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     t.op("ffn", GEMM, ops.gemm_cost(tok, 2.0 * f_local, h, ab, wb), count)
     t.op("other", ELEMENTWISE, (3.0 * tok * f_local, 3.0 * tok * f_local * ab), count, peak="fp32")
     t.op("ffn", GEMM, ops.gemm_cost(tok, h, f_local, ab, wb), count)
-    t.coll("all_reduce", tok * h * cb, t.group("nf", t.nf), count)
+    # The tpf·ep GPUs of one FFN replica span r = clip(tpf·ep/G, 1, dp_attn) attention groups (all
+    # dp_attn of them when tpf·ep = N): a reduce-scatter over those groups leaves each group the
+    # sum for its own tokens, an all-reduce over the replica's tpf·ep/r GPUs in the group finishes it.
+    r = jnp.clip(t.nf * t.inv["g"], 1.0, lay.dp_attn)
+    t.coll("reduce_scatter", tok * h * cb, t.group("r", r), count)
+    t.coll("all_reduce", tok / r * h * cb, t.group("nf/r", t.nf / r), count)
 
 
 def hopb_time(compute_s, comm_s, n, overlap=1.0):
@@ -357,6 +382,8 @@ def hopb_time(compute_s, comm_s, n, overlap=1.0):
 
 def expected_active_experts(n_experts, top_k, tokens):
     """E·(1 − (1 − k/E)^T): experts that receive at least one of T uniformly routed tokens."""
+    if top_k >= n_experts:  # every token reaches every expert (log(1 − k/E) = −inf)
+        return jnp.where(jnp.asarray(tokens) > 0, float(n_experts), 0.0)
     return n_experts * (1.0 - jnp.exp(tokens * float(np.log1p(-top_k / n_experts))))
 
 
@@ -366,10 +393,14 @@ def _moe_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     inv = t.inv
     tok = s.tokens
     ta = round_up(tok * inv["d"], t.relaxed)  # tokens of the largest attention group
-    t.op("ffn", GEMM, ops.gemm_cost(ta, e, h, ab, wb), count)
-    dispatch = ta * inv["g"] * k * h * cb  # each group member sends its share of the group's tokens
     d_group = t.group("d", lay.dp_attn)
-    t.coll("all_to_all", dispatch, d_group, count)
+    gather = t.moe_dispatch == "all_gather"
+    if gather:  # every GPU receives (and routes) every token of the replica
+        t.coll("all_gather", tok * h * cb, d_group, count)
+    t.op("ffn", GEMM, ops.gemm_cost(tok if gather else ta, e, h, ab, wb), count)
+    dispatch = ta * inv["g"] * k * h * cb  # each group member sends its share of the group's tokens
+    if not gather:
+        t.coll("all_to_all", dispatch, d_group, count)
     local_tokens = tok * k * inv["ep"]
     active = expected_active_experts(e, k, tok) * inv["ep"]
     fe_local = fe * inv["tpf"]
@@ -381,16 +412,20 @@ def _moe_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
         fs_local = float(m.n_shared_experts) * fe * inv["g"]
         t.op("ffn", GEMM, ops.gemm_cost(ta, 2.0 * fs_local, h, ab, wb), count)
         t.op("ffn", GEMM, ops.gemm_cost(ta, h, fs_local, ab, wb), count)
-    t.coll("all_to_all", dispatch, d_group, count)
+    if gather:  # each group keeps the sum for its own tokens
+        t.coll("reduce_scatter", tok * h * cb, d_group, count)
+    else:
+        t.coll("all_to_all", dispatch, d_group, count)
     t.coll("all_reduce", ta * h * cb, t.group("g", t.g), count)
 
 
-def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0, relaxed=False) -> _Tally:
+def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0, relaxed=False,
+          moe_dispatch="all_to_all") -> _Tally:
     """All layers of one pipeline pass (every stage once), plus embedding and LM head.
 
     `head_count` scales the LM head (prefill: one head per prompt, not per chunk).
     """
-    t = _Tally(hw, eff, lay, relaxed)
+    t = _Tally(hw, eff, lay, relaxed, moe_dispatch)
     n_moe = float(model.n_moe_layers)
     n_dense = float(model.n_layers) - n_moe
     _attention(t, model, lay, s, float(model.n_layers))  # identical in dense and MoE layers
@@ -439,7 +474,7 @@ def pipeline_microbatches(lay: LayoutArrays):
 
 
 def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, *,
-                relaxed: bool = False) -> StepCost:
+                relaxed: bool = False, moe_dispatch: str = "all_to_all") -> StepCost:
     """One decode step: every one of `batch` sequences gets a token (TTL = time_s).
 
     The batch is split into m = min(pp, B) pipeline micro-batches of B/m in flight; each passes
@@ -450,9 +485,15 @@ def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, s
       lay: the design point(s). seq_len: cached tokens each sequence attends to.
       relaxed: drop the integer roundings (uneven splits: ⌈B/m⌉, ⌈B/dp_attn⌉, ⌈L/pp⌉) for a
         smooth function of real degrees; they are exact when the splits are even.
+      moe_dispatch: how dp_attn > 1 groups exchange MoE tokens: "all_to_all" (dispatch and combine
+        of each token's top-k copies, as production DP-attention + EP serving does) or
+        "all_gather" (gather the batch, reduce-scatter the outputs, as parallel/ implements it).
 
     Returns:
       `StepCost` (per GPU; work per period = per TTL).
+
+    Raises:
+      ValueError: an unknown moe_dispatch.
 
     References:
       Helix, arXiv 2507.07120 §2 and Appendix A.
@@ -462,9 +503,55 @@ def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, s
     b = round_up(lay.batch / in_flight, relaxed)  # the largest micro-batch
     seq_len = jnp.asarray(seq_len, jnp.float32)
     s = _Shape(b, seq_len, None, None, None, None)
-    t = _pass(model, hw, eff, lay, s, b, relaxed=relaxed)
+    t = _pass(model, hw, eff, lay, s, b, relaxed=relaxed, moe_dispatch=moe_dispatch)
     time = t.total() * _bottleneck(model, lay, in_flight, relaxed)
     return _cost(t, time, time, in_flight / lay.pp)
+
+
+class LayerCost(NamedTuple):
+    """One decoder layer of a decode step on one GPU.
+
+    time_s: its critical path (HOP-B overlap included). flops, hbm_bytes: its work.
+    collective_bytes: {kind: bytes one GPU sends} for every kind of `ops.COLLECTIVES`, the traffic
+      the layer's collectives are charged with (`ops.group_traffic`; module docstring of `ops`).
+    """
+
+    time_s: jax.Array
+    flops: jax.Array
+    hbm_bytes: jax.Array
+    collective_bytes: dict[str, jax.Array]
+
+
+def decode_layer_cost(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, *,
+                      moe: bool | None = None, relaxed: bool = False,
+                      moe_dispatch: str = "all_to_all") -> LayerCost:
+    """The ops of one decoder layer exactly as `decode_step` costs them (one layer of its sum).
+
+    Pre-norm, QKV, attention over seq_len/KVP cached tokens, the KVP all-to-all, W_O and its
+    all-reduce, then the FFN (module docstring), for one pipeline micro-batch of ⌈B/min(pp, B)⌉
+    sequences (B when pp = 1). No embedding, LM head or pipeline send.
+
+    Args:
+      model, hw, params, lay, seq_len, relaxed, moe_dispatch: as in `decode_step`.
+      moe: an MoE layer (default: whether the model has experts); False costs a dense FFN layer.
+
+    Returns:
+      `LayerCost` per GPU.
+
+    Raises:
+      ValueError: moe=True for a dense model, or an unknown moe_dispatch.
+    """
+    if moe is None:
+        moe = model.is_moe
+    if moe and not model.is_moe:
+        raise ValueError(f"moe=True but {model.name} has no experts (n_experts={model.n_experts})")
+    t = _Tally(hw, ops.as_efficiency(params), lay, relaxed, moe_dispatch)
+    t.by_kind = dict.fromkeys(ops.COLLECTIVES, jnp.zeros_like(lay.batch))
+    b = round_up(lay.batch / pipeline_microbatches(lay), relaxed)
+    s = _Shape(b, jnp.asarray(seq_len, jnp.float32), None, None, None, None)
+    _attention(t, model, lay, s, 1.0)
+    (_moe_ffn if moe else _dense_ffn)(t, model, lay, s, 1.0)
+    return LayerCost(t.total(), t.flops, t.hbm, t.by_kind)
 
 
 def _chunk_shape(tokens_per_seq_chunk, seqs, isl):
@@ -476,7 +563,7 @@ def _chunk_shape(tokens_per_seq_chunk, seqs, isl):
 
 
 def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, isl, *,
-                 relaxed: bool = False) -> StepCost:
+                 relaxed: bool = False, moe_dispatch: str = "all_to_all") -> StepCost:
     """Prefill of `batch` prompts of `isl` tokens, chunked (`chunk` > 0) and pipelined over `pp`.
 
     Chunks of C tokens (C = isl when chunk = 0) are the pipeline's micro-batches (chunked
@@ -484,7 +571,7 @@ def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, 
     enters every (isl/C)·t_stage (period_s).
 
     Args:
-      isl: prompt tokens per sequence. relaxed: as in `decode_step`.
+      isl: prompt tokens per sequence. relaxed, moe_dispatch: as in `decode_step`.
 
     Returns:
       `StepCost`: time_s = TTFT of the batch (without queueing), period_s as above.
@@ -495,7 +582,8 @@ def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, 
     n_chunks = isl / c
     pairs, kv = _chunk_shape(c, lay.batch, isl)
     s = _Shape(None, None, lay.batch * c, lay.batch, pairs, kv)
-    t = _pass(model, hw, eff, lay, s, lay.batch, head_count=1.0 / n_chunks, relaxed=relaxed)
+    t = _pass(model, hw, eff, lay, s, lay.batch, head_count=1.0 / n_chunks, relaxed=relaxed,
+              moe_dispatch=moe_dispatch)
     stage = t.total() * largest_stage(model, lay, relaxed)
     ttft = (n_chunks + lay.pp - 1.0) * stage
     t.scale(n_chunks)
@@ -503,7 +591,7 @@ def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, 
 
 
 def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, isl, osl, *,
-               relaxed: bool = False) -> StepCost:
+               relaxed: bool = False, moe_dispatch: str = "all_to_all") -> StepCost:
     """One co-located iteration: `batch` decode tokens plus piggybacked prefill tokens.
 
     Rate balance (Sarathi-style chunked prefill): a steady state finishes B/OSL requests per
@@ -512,7 +600,7 @@ def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, se
 
     Args:
       seq_len: context of the decoding sequences (ISL + OSL/2 on average).
-      isl, osl: request lengths. relaxed: as in `decode_step`.
+      isl, osl: request lengths. relaxed, moe_dispatch: as in `decode_step`.
 
     Returns:
       `StepCost` of one iteration.
@@ -525,7 +613,7 @@ def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, se
     c = jnp.minimum(p, isl)
     pairs, kv = _chunk_shape(c, p / c, isl)
     s = _Shape(b, jnp.asarray(seq_len, jnp.float32), p, p / c, pairs, kv)
-    t = _pass(model, hw, eff, lay, s, b + p / c, relaxed=relaxed)
+    t = _pass(model, hw, eff, lay, s, b + p / c, relaxed=relaxed, moe_dispatch=moe_dispatch)
     time = t.total() * _bottleneck(model, lay, in_flight, relaxed)
     return _cost(t, time, time, in_flight / lay.pp)
 

@@ -1,4 +1,6 @@
-"""step.py: Appendix A to the printed digit, FLOPs against XLA, HOP-B, PP, memory, gradients."""
+"""step.py and memory.py: Appendix A to the printed digit, FLOPs against XLA, per-layer costs and
+collective bytes in closed form, HOP-B, PP, memory, gradients. (One layer against parallel/'s own
+implementation, FLOPs and HLO collective bytes: tests/integration/test_model_vs_mesh.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +10,11 @@ from jax.test_util import check_grads
 
 from perfmodel import Layout, ModelSpec, datasheet_params, get_hardware, get_model, ops
 from perfmodel.efficiency import Efficiency, constrain, unconstrain
+from perfmodel.comm import layer_collective_bytes
 from perfmodel.memory import appendix_a_read_times, decode_read_bytes, fits, memory_footprint
 from perfmodel.step import (
-    decode_step, expected_active_experts, hopb_time, layout_arrays, make_layout_arrays, max1_relaxed, mixed_step,
-    prefill_step,
+    decode_layer_cost, decode_step, expected_active_experts, hopb_time, layout_arrays, make_layout_arrays,
+    max1_relaxed, mixed_step, prefill_step,
 )
 
 GB200 = get_hardware("gb200-nvl72")
@@ -153,7 +156,8 @@ def _reference_decode(model: ModelSpec, batch: int, seq: int):
     return jax.jit(step).lower(jax.ShapeDtypeStruct((batch,), jnp.int32), args).compile()
 
 
-def test_decoder_layer_flops_match_xla_cost_analysis():
+def test_decode_step_flops_match_xla_cost_analysis():
+    """The whole step (embedding, layer, LM head) against a plain-jnp decoder written here."""
     model = ModelSpec("ref", n_layers=1, hidden=512, n_heads=8, n_kv_heads=2, head_dim=64, ffn=1536, vocab=1024)
     batch, seq = 8, 1024
     analysis = _reference_decode(model, batch, seq).cost_analysis()
@@ -161,6 +165,72 @@ def test_decoder_layer_flops_match_xla_cost_analysis():
     modeled = float(decode_step(model, GB200, P, make_layout_arrays(batch=batch, weight_bits=32.0, kv_bits=32.0,
                                                                     act_bits=32.0), float(seq)).flops)
     assert modeled == pytest.approx(xla_flops, rel=0.02)
+
+
+@pytest.mark.parametrize("name,degrees", [
+    ("deepseek-r1", dict(kvp=8, tpa=1, tpf=8, ep=8)),  # 3 dense + 58 MoE layers, MLA
+    ("llama-3.1-70b", dict(dp_attn=2, kvp=2, tpa=2, tpf=8, microbatches=2)),
+])
+def test_decode_step_is_layers_plus_head(name, degrees):
+    """decode_step = Σ decode_layer_cost over the layers + the LM head GEMM (pp = 1: no sends)."""
+    m = get_model(name)
+    lay = make_layout_arrays(batch=8, **degrees, **FP4)
+    step = decode_step(m, GB200, P, lay, 1e5)
+    n_moe = m.n_moe_layers
+    layers = jax.tree.map(lambda a: (m.n_layers - n_moe) * a, decode_layer_cost(m, GB200, P, lay, 1e5, moe=False))
+    if n_moe:
+        moe = decode_layer_cost(m, GB200, P, lay, 1e5, moe=True)
+        layers = jax.tree.map(lambda a, b: a + n_moe * b, layers, moe)
+    g = degrees["kvp"] * degrees["tpa"]
+    head_flops = 2 * 8 / degrees.get("dp_attn", 1) * (m.vocab / g) * m.hidden
+    assert float(step.flops) == pytest.approx(float(layers.flops) + head_flops, rel=1e-5)
+    assert float(step.net_bytes) == pytest.approx(sum(float(v) for v in layers.collective_bytes.values()), rel=1e-5)
+
+
+def test_layer_collectives_closed_form():
+    """Helix: (KVP−1)·B·(Q/N)·(Dv·c + 4) all-to-all, two ring all-reduces 2(N−1)/N·B·H·c; DP attention:
+    the dense FFN all-gathers and reduce-scatters over dp_attn; MoE dispatch as chosen."""
+    c = 1.0  # FP8 bytes per communicated element; the LSE stays FP32
+    ds = get_model("deepseek-r1")  # MLA: Dv = v_head_dim = 128, not kv_lora_rank = 512
+    helix = layer_collective_bytes(ds, Layout(kvp=8, tpa=1, tpf=1, ep=8, batch=16, comm_format="fp8_e4m3"))
+    assert helix == pytest.approx(dict(all_to_all=7 * 16 * (128 / 8) * (128 * c + 4),
+                                       all_reduce=2 * (2 * 7 / 8 * 16 * 7168 * c),
+                                       all_gather=0.0, reduce_scatter=0.0, send_recv=0.0), rel=1e-6)
+    l70 = get_model("llama-3.1-70b")  # 4 groups of kvp·tpa = 2: FFN TP over all 8
+    dp = layer_collective_bytes(l70, Layout(dp_attn=4, kvp=2, tpa=1, tpf=8, batch=16, comm_format="fp8_e4m3"))
+    b, h = 16 / 4, 8192  # sequences per group
+    assert dp == pytest.approx(dict(all_to_all=1 * b * (64 / 2) * (128 * c + 4), all_gather=3 / 4 * 16 * h * c,
+                                    reduce_scatter=3 / 4 * 16 * h * c, all_reduce=2 * (2 * 1 / 2 * b * h * c),
+                                    send_recv=0.0), rel=1e-6)
+    # DP attention + EP (k = 8 of 256 experts): top-k token copies by all-to-all, or the whole batch
+    ep = Layout(dp_attn=8, ep=8, batch=16, comm_format="fp8_e4m3")
+    copies = layer_collective_bytes(ds, ep)
+    assert copies["all_to_all"] == pytest.approx(2 * 7 / 8 * (16 / 8) * 8 * 7168 * c, rel=1e-6)
+    assert copies["all_gather"] == copies["reduce_scatter"] == copies["all_reduce"] == 0.0
+    gathered = layer_collective_bytes(ds, ep, moe_dispatch="all_gather")
+    assert gathered["all_to_all"] == 0.0
+    assert gathered["all_gather"] == gathered["reduce_scatter"] == pytest.approx(7 / 8 * 16 * 7168 * c, rel=1e-6)
+
+
+def test_replicated_ffn_only_all_reduces():
+    """Medha-style KVP (FFN TP over tpa GPUs, replicated): no reduce-scatter, even with dp_attn."""
+    m = get_model("llama-3.1-70b")
+    lay = make_layout_arrays(dp_attn=2, kvp=2, tpa=2, tpf=2, batch=8, **FP4)
+    got = decode_layer_cost(m, GB200, P, lay, 1e5).collective_bytes
+    assert float(got["reduce_scatter"]) == 0.0
+    w_o = 2 * 3 / 4 * 4 * 8192 * 0.5  # over the attention group of 4, the group's 4 sequences
+    ffn = 2 * 1 / 2 * 8 * 8192 * 0.5  # over the FFN's 2 GPUs, every gathered sequence
+    assert float(got["all_reduce"]) == pytest.approx(w_o + ffn, rel=1e-6)
+
+
+def test_layer_cost_errors_name_the_values():
+    lay = make_layout_arrays(batch=8, **FP4)
+    with pytest.raises(ValueError, match="moe_dispatch='gather'"):
+        decode_step(get_model("deepseek-r1"), GB200, P, lay, 1e5, moe_dispatch="gather")
+    with pytest.raises(ValueError, match="moe=True but llama-3.1-8b has no experts"):
+        decode_layer_cost(get_model("llama-3.1-8b"), GB200, P, lay, 1e5, moe=True)
+    with pytest.raises(ValueError, match="tpa=3 does not divide"):
+        layer_collective_bytes(get_model("llama-3.1-8b"), Layout(tpa=3, tpf=3, batch=8))
 
 
 def _relaxed(model, degrees, seq):
