@@ -359,10 +359,10 @@ def _dense_ffn(t: _Tally, m: ModelSpec, lay: LayoutArrays, s: _Shape, count):
     t.op("ffn", GEMM, ops.gemm_cost(tok, 2.0 * f_local, h, ab, wb), count)
     t.op("other", ELEMENTWISE, (3.0 * tok * f_local, 3.0 * tok * f_local * ab), count, peak="fp32")
     t.op("ffn", GEMM, ops.gemm_cost(tok, h, f_local, ab, wb), count)
-    # The tpf·ep GPUs of one FFN replica span r = clip(tpf·ep/G, 1, dp_attn) attention groups (all
-    # dp_attn of them when tpf·ep = N): a reduce-scatter over those groups leaves each group the
-    # sum for its own tokens, an all-reduce over the replica's tpf·ep/r GPUs in the group finishes it.
-    r = jnp.clip(t.nf * t.inv["g"], 1.0, lay.dp_attn)
+    # The tpf·ep GPUs of one FFN replica span r = max(1, tpf·ep/G) attention groups (r = dp_attn when
+    # tpf·ep = N; tpf·ep ≤ N always): a reduce-scatter over those groups leaves each group the sum
+    # for its own tokens, an all-reduce over the replica's tpf·ep/r GPUs in the group finishes it.
+    r = jnp.maximum(t.nf * t.inv["g"], 1.0)
     t.coll("reduce_scatter", tok * h * cb, t.group("r", r), count)
     t.coll("all_reduce", tok / r * h * cb, t.group("nf/r", t.nf / r), count)
 
