@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from perfmodel import Layout, ModelSpec, datasheet_params, get_hardware, get_model, ops
-from perfmodel.efficiency import Efficiency, constrain, unconstrain
+from perfmodel.efficiency import constrain, unconstrain
 from perfmodel.comm import layer_collective_bytes
 from perfmodel.memory import appendix_a_read_times, decode_read_bytes, fits, memory_footprint
 from perfmodel.step import (
