@@ -3,7 +3,9 @@
 Specs and presets (`specs`, `presets`), per-op costs (`ops`) with learnable efficiencies
 (`efficiency`), steps of a model under a layout (`step`), per-GPU memory and the Appendix A
 roofline (`memory`), serving metrics and Pareto frontiers (`serving`), energy (`energy`),
-exhaustive sweeps (`sweep`) and the paper studies (`studies`).
+exhaustive sweeps (`sweep`) and the paper studies (`studies`). Calibration: the timing harness
+(`measure`, `kernels`), measurement files (`measurements`, `importers`), the optax fit
+(`calibrate`) and fitted hardware profiles (`profile`).
 Everything numeric is jnp: jit-able, vmap-able over design points, differentiable.
 """
 
@@ -59,3 +61,21 @@ from .step import stack_layouts as stack_layouts
 from .sweep import decode_sweep as decode_sweep
 from .sweep import enumerate_layouts as enumerate_layouts
 from .sweep import evaluate as evaluate
+from .step import LayerCost as LayerCost
+from .step import decode_layer_cost as decode_layer_cost
+from .comm import layer_collective_bytes as layer_collective_bytes
+from .measurements import Measurement as Measurement
+from .measurements import MeasurementSet as MeasurementSet
+from .measurements import read_csv as read_csv
+from .measurements import write_csv as write_csv
+from .measure import TimingConfig as TimingConfig
+from .importers import read_measurements as read_measurements
+from .importers import read_nccl_tests as read_nccl_tests
+from .calib_params import CalibParams as CalibParams
+from .calib_params import efficiency_for as efficiency_for
+from .calib_params import init_params as init_params
+from .calib_report import FitReport as FitReport
+from .calibrate import fit as fit
+from .profile import load_profile as load_profile
+from .profile import save_profile as save_profile
+from .cpu import cpu_local_spec as cpu_local_spec
