@@ -15,6 +15,7 @@ design, the gap 1 − gradient/exhaustive, the model evaluations of each (exhaus
 point; gradient: starts × steps per pool + every rounded and polished point), and wall times
 (exhaustive: costing its tables, which both SLAs of a workload share, plus the search over them;
 gradient: first case of each model and grid includes compiling the optimizer, marked *).
+"Rounded gap": the best rounded start (snapped, with its batch search) before the hill climb.
 Ablation: the same rounding and polish from the same random starts without any gradient step
 (what the relaxation contributes). Then an SLA sweep from warm starts against the exhaustive
 frontier. The last line is one JSON object with the headline figures.
@@ -62,9 +63,9 @@ def run_cases(models, workloads, ttl_limits, *, starts: int, steps: int):
     hw = get_hardware("gb200-nvl72")
     rows, compiled = [], set()
     print("| case | exhaustive optimum tokens/s/GPU [design] | gradient best tokens/s/GPU [design] | gap % "
-          "| evals exhaustive | evals gradient | fraction | wall exh s | wall grad s "
-          "| no-gradient ablation gap % / evals |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| evals exhaustive | evals gradient | fraction | wall exh s | wall grad s | gradient rounded gap % "
+          "| no-gradient ablation: gap % / rounded gap % / evals |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model_name in models:
         model = get_model(model_name)
         for wname in workloads:
@@ -86,6 +87,8 @@ def run_cases(models, workloads, ttl_limits, *, starts: int, steps: int):
                 compiled.add(key)
                 gap = 100.0 * (1.0 - gr.best.tokens_per_s_per_gpu / ex.best.tokens_per_s_per_gpu)
                 gap_ab = 100.0 * (1.0 - ab.best.tokens_per_s_per_gpu / ex.best.tokens_per_s_per_gpu)
+                e = ex.best.tokens_per_s_per_gpu
+                rgap, rgap_ab = (100.0 * (1.0 - r.details["rounded_tokens_per_s_per_gpu"] / e) for r in (gr, ab))
                 frac = gr.evaluations / ex.evaluations
                 rows.append(dict(case=name, exhaustive=ex.best.tokens_per_s_per_gpu,
                                  gradient=gr.best.tokens_per_s_per_gpu,
@@ -93,10 +96,11 @@ def run_cases(models, workloads, ttl_limits, *, starts: int, steps: int):
                                  fraction=frac, wall_exhaustive_s=t_ex, wall_gradient_s=gr.wall_s,
                                  includes_compile=bool(star), mode_exhaustive=ex.best.mode, mode_gradient=gr.best.mode,
                                  gap_polish_only_pct=gap_ab, evals_polish_only=ab.evaluations,
+                                 rounded_gap_pct=rgap, rounded_gap_polish_only_pct=rgap_ab,
                                  evals_gradient_detail=gr.details["evaluations"]))
                 print(f"| {name} | {_design(ex.best)} | {_design(gr.best)} | {gap:.2f} | {ex.evaluations:,} | "
-                      f"{gr.evaluations:,} | {100 * frac:.2f}% | {t_ex:.1f} | {gr.wall_s:.1f}{star} | "
-                      f"{gap_ab:.2f} / {ab.evaluations:,} |", flush=True)
+                      f"{gr.evaluations:,} | {100 * frac:.2f}% | {t_ex:.1f} | {gr.wall_s:.1f}{star} | {rgap:.2f} | "
+                      f"{gap_ab:.2f} / {rgap_ab:.2f} / {ab.evaluations:,} |", flush=True)
     return rows
 
 
@@ -157,6 +161,12 @@ def main(argv=None):
         "ablation_no_gradient_cases_within_2pct": int(sum(r["gap_polish_only_pct"] <= 2.0 for r in rows)),
         "ablation_no_gradient_median_gap_pct": float(np.median([r["gap_polish_only_pct"] for r in rows])),
         "ablation_no_gradient_max_gap_pct": float(max(r["gap_polish_only_pct"] for r in rows)),
+        "ablation_no_gradient_median_evals": float(np.median([r["evals_polish_only"] for r in rows])),
+        "median_evals_gradient": float(np.median([r["evals_gradient"] for r in rows])),
+        "rounded_gap_pct_gradient_median_max": [float(np.median([r["rounded_gap_pct"] for r in rows])),
+                                                float(max(r["rounded_gap_pct"] for r in rows))],
+        "rounded_gap_pct_no_gradient_median_max": [float(np.median([r["rounded_gap_polish_only_pct"] for r in rows])),
+                                                   float(max(r["rounded_gap_polish_only_pct"] for r in rows))],
         "sweep_max_gap_pct": None if sweep is None else float(max(sweep["gaps_pct"])),
         "sweep_eval_fraction": None if sweep is None else sweep["evals_gradient"] / sweep["evals_exhaustive"],
         "starts": args.starts, "steps": args.steps, "wall_s": time.perf_counter() - t0,

@@ -1069,7 +1069,8 @@ def gradient_search(case: Case, *, starts: int = 24, steps: int = 100, seed: int
       warm: {phase: {structure index: batch index}} extra rounding candidates (warm starts).
 
     Returns:
-      `SearchResult` (details: evaluations per stage, final theta per mode, incumbents).
+      `SearchResult` (details: evaluations per stage, final theta per mode, incumbents, the best
+      rounded design's tokens/s/GPU before the hill climb and the evaluations spent up to then).
 
     Raises:
       ValueError: the model fits on no layout, or no feasible design was found.
@@ -1078,7 +1079,7 @@ def gradient_search(case: Case, *, starts: int = 24, steps: int = 100, seed: int
     _check_fits_somewhere(case)
     w, params = case.workload, case.efficiency
     rng = np.random.default_rng(seed)
-    n_opt, designs, thetas, incs, polish_evals = 0, [], {}, {}, {}
+    n_opt, designs, thetas, incs, polish_evals, rounded, rounding_evals = 0, [], {}, {}, {}, {}, 0
     for arm in (a for a in MODES if a in case.space.modes):
         phases = ("prefill", "decode") if arm == "disaggregated" else ("colocated",)
         pools = {p: _Pool(case, p) for p in phases}
@@ -1091,6 +1092,8 @@ def gradient_search(case: Case, *, starts: int = 24, steps: int = 100, seed: int
         n_opt += theta.shape[0] * steps * len(phases)
         inc = _arm_candidates(case, arm, pools, theta, warm or {}, window)
         if inc is not None:
+            rounded[arm] = _design(case, pools, inc).tokens_per_s_per_gpu
+            rounding_evals += sum(pool.evaluations for pool in pools.values())
             inc = _polish(case, pools, inc, window, max_rounds)
             designs.append(_design(case, pools, inc))
             incs.update({p: (i.si, i.bi) for p, i in inc.items()})
@@ -1103,7 +1106,10 @@ def gradient_search(case: Case, *, starts: int = 24, steps: int = 100, seed: int
             f"`exhaustive_search` tells whether one exists")
     best = max(designs, key=lambda d: d.tokens_per_s_per_gpu)
     details = {"evaluations": {"optimizer": n_opt, **{f"polish/{p}": n for p, n in polish_evals.items()}},
-               "theta": thetas, "incumbents": incs}
+               "theta": thetas, "incumbents": incs,
+               # before the hill climb: the best rounded start (after its batch search) per mode
+               "rounded_tokens_per_s_per_gpu": max(rounded.values(), default=0.0),
+               "rounding_evaluations": rounding_evals}
     return SearchResult("gradient", best, n_opt + n_polish, time.perf_counter() - t0, None, details)
 
 
