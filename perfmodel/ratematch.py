@@ -25,6 +25,8 @@ minimizes provisioned + re-provisioning GPU-seconds while serving every request 
 
     goodput/GPU = Σ_t λ_t·OSL_t·Δt / (Σ_t GPUs_t·Δt + reprovision_s · Σ GPUs loaded)
 
+(the first interval's configuration, like the static one, is up before the trace starts).
+
 The best static configuration keeps one set of layouts and replica counts all hour; requests
 beyond its capacity, or in intervals whose lengths its layouts cannot serve within the SLA, are
 not goodput. It maximizes goodput/GPU among configurations serving at least `attainment` of the
@@ -32,8 +34,9 @@ requests (replica counts from the levels that match one interval's demand exactl
 
 References:
   Beyond the Buzz, arXiv 2506.05508 §3–4 (rate matching, α from ~0.5 to ≥ 3.5, dynamic rate
-  matching and elastic scaling; its later version reports the Dynamo Planner prototype at about 2×
-  the goodput of the best static configuration).
+  matching and elastic scaling; its later version is cited in issue 6 for about 2× the goodput of
+  the best static configuration with the Dynamo Planner prototype — not checked against the
+  paper's text here, nor its setup reproduced).
 """
 
 from __future__ import annotations
