@@ -213,7 +213,8 @@ def test_energy_through_the_cli_with_a_profile(tmp_path, calibrated, capsys):
 
 def test_quickstart_with_a_profile(tmp_path, calibrated):
     _, cal_head = calibrated
-    rd, head = _run("quickstart", tmp_path, hardware=cal_head["profile"], n_layers=1, steps=20, warmup_steps=2,
+    rd, head = _run("quickstart", tmp_path, hardware=cal_head["profile"], n_layers=1, hidden=64, ffn=128, seq_len=64,
+                    steps=20, warmup_steps=2,
                     eval_every=10, eval_windows=32, decode_batch=2, gb200_models="llama-3.1-405b", n_batches=6,
                     local_seq_len=4096)
     c = head["calibration"]
