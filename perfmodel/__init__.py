@@ -79,3 +79,12 @@ from .calibrate import fit as fit
 from .profile import load_profile as load_profile
 from .profile import save_profile as save_profile
 from .cpu import cpu_local_spec as cpu_local_spec
+from .search import Case as Case
+from .search import SearchResult as SearchResult
+from .search import SearchSpace as SearchSpace
+from .search import exhaustive_search as exhaustive_search
+from .search import gradient_search as gradient_search
+from .search import sla_sweep as sla_sweep
+from .ratematch import elastic_scaling as elastic_scaling
+from .ratematch import rate_matching as rate_matching
+from .ratematch import traffic_trace as traffic_trace
