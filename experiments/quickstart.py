@@ -181,7 +181,7 @@ def stage_train(config: Config, out: ResultsDir) -> dict:
             policy = None if name == "fp32" else mx.policy_for(*mx.POLICIES[name])
             start = time.perf_counter()
             params, curve = mx.train(spec, policy, mx.init_params(spec, config.seed), batches, lrs, val,
-                                     config.eval_every, 0.1, 1.0)
+                                     config.eval_every, 0.1, 1.0, desc=f"train {name}")
             wall = time.perf_counter() - start
             if name == "fp32":
                 mx.save_params(out.file("fp32_params.npz"), params)
