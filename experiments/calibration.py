@@ -193,7 +193,7 @@ def plot_predicted_vs_measured(mset, hw, fits, config: Config) -> Figure:
         ax.set_ylim(lo, hi)
     fig.axes[-1].legend(fontsize=7, loc="upper left", ncol=1)
     n_emulated = len(mset.rows) - len(rows)
-    fig.suptitle(f"Calibration of {hw.name}: {len(rows)} kernels"
+    fig.suptitle(f"Calibration of {hw.name}: {len(rows)} kernels fitted"
                  + (f" ({n_emulated} collectives on emulated devices not fitted)" if n_emulated else "")
                  + "; dotted line: 1 ms", fontsize=11)
     fig.tight_layout()
