@@ -28,43 +28,8 @@ optimum is exact over every (L_p, L_d, n_p, n_d) after |P| + |D| + |C| model eva
 frontier of tokens/s/GPU against tokens/s/user (= 1/TTL) takes, for every decode layout on the
 frontier of its replica size, the best system built around it.
 
-Relaxation (gradient search). Each pool's layout is a vector θ of reals mapped onto log2 degrees:
-
-    u_N = ν·σ(θ0)                              ν = log2(max GPUs per replica)
-    (u_tpa, u_kvp, u_dp) = u_N · softmax(θ1, θ2, θ3)          (prefill: u_kvp = 0)
-    MoE:   u_ep = u_N·σ(θ4), u_tpf = u_N − u_ep
-    dense: u_ep = 0, u_tpf = u_tpa + (u_N − u_tpa)·σ(θ4)     (σ = 0: Medha-style FFN on TPA GPUs)
-    u_pp = log2(pp_max)·σ(θ5),   log2 B = b_0 + (b_1 − b_0)·σ(θ6)
-    decode: microbatches = max1(B / (min(pp, B)·dp_attn))^σ(θ7)   (1, or one request each: HOP-B)
-    prefill: chunk = ISL·(c_min/ISL)^σ(θ7)
-
-so dp_attn·kvp·tpa = tpf·ep holds exactly. The cost model runs with `relaxed=True` (uneven-split
-roundings dropped, `step.decode_step`). Each start minimizes
-
-    ℓ(θ) = −log2 tokens/s/GPU(θ) + w_t·Σ_j h_β(c_j(θ))² + λ_t·Σ_i sin²(π·u_i)/π²,
-    h_β(x) = softplus(β·x)/β   (a smooth hinge → max(0, x) as β → ∞)
-
-with constraints c_j ≤ 0 in log2 units: memory log2(bytes/HBM) per pool; SLAs log2(TTFT/T_ft),
-log2(TTL/T_l); divisibility, which for powers of two dividing n reads u ≤ v2(n) (v2: the exponent
-of 2 in n) — u_tpa ≤ v2(Q), u_tpa ≤ v2(K) unless plain TP (that term is weighted by
-tanh(2·(u_kvp + u_dp))), u_ep ≤ v2(E), u_tpf ≤ v2(F) — together with the integrality term over
-u_i ∈ {u_tpa, u_kvp, u_dp, u_tpf, u_ep, u_pp}; GPUs per replica u_N + u_pp ≤ ν; B ≥ dp_attn; and
-the total GPUs of the smallest balanced system, log2(G_min/G) with k = r_d/r_p and
-G_min = smax(k, 1)·g_p + smax(1/k, 1)·g_d (co-located: log2(g/G)). The disaggregated objective
-is the rate-matched −log2 OSL/(g_p/r_p + g_d/r_d). Penalty weight w_t and sharpness β_t grow
-geometrically, λ_t linearly from 0 after the first third of the steps. optax Adam runs all starts
-at once (`vmap`) inside one `lax.scan`, compiled once per (model, hardware, space).
-
-Rounding and polish. Each start's u is snapped to the nearest valid layout structure (Euclidean
-in u; the list of structures comes from `enumerate_layouts` and costs no model evaluation), its
-batch to the nearest grid value. Per structure the largest feasible batch is found by galloping
-and bisection on the batch grid (TTL, TTFT and memory rise with B), then the last few grid
-batches below it and the largest one divisible by min(pp, B)·dp_attn are compared (uneven
-splits make tokens/s/GPU non-monotone in B). A hill climb then visits the structures within L1
-distance 2 in (log2 degrees, pp index, micro-batch / chunk index) of the incumbent and those with
-its replica size, pool by pool, until no neighbour improves; `solve_pools` sizes the pools. When
-no rounded start is feasible, a descent on the largest violation (memory, TTFT, TTL at the
-smallest batch) over the same neighbourhoods restores feasibility first.
+Relaxation (gradient search): `relax` (θ → layout, penalties, the multi-start Adam optimizer).
+Rounding and polish: `polish` (snapping, batch galloping, hill climb, integer pools).
 
 Evaluations (the headline cost): the exhaustive search's |P| + |D| + |C|; for the gradient
 search starts × steps per pool (one value-and-gradient evaluation of one design point counts as
@@ -86,17 +51,25 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from . import ops
 from .efficiency import EfficiencyParams, datasheet_params
-from .serving import colocated, kv_cache_bytes, pareto_front, replica_gpus
+from .polish import _arm_candidates, _polish, _system_value
+from .polish import solve_pools as solve_pools
+from .relax import N_THETA as N_THETA
+from .relax import PHASES as PHASES
+from .relax import PhaseMetrics as PhaseMetrics
+from .relax import _optimizer
+from .relax import phase_metrics as phase_metrics
+from .relax import relaxed_layout as relaxed_layout
+from .relax import relaxed_loss as relaxed_loss
+from .relax import relaxed_terms as relaxed_terms
+from .relax import smooth_hinge as smooth_hinge
+from .serving import pareto_front
 from .specs import HardwareSpec, ModelSpec, Workload, format_bits
-from .step import LayoutArrays, decode_step, fits, max1_relaxed, pipeline_microbatches, prefill_step, round_up
+from .step import LayoutArrays
 from .sweep import enumerate_layouts, evaluate
 
 MODES = ("disaggregated", "colocated")
-PHASES = ("prefill", "decode", "colocated")
 _STRUCT = ("tpa", "kvp", "dp_attn", "tpf", "ep", "pp")
 
 
@@ -189,97 +162,8 @@ class Case:
         return dataclasses.replace(self, workload=dataclasses.replace(self.workload, ttl_limit_s=ttl_limit_s))
 
 
-# ------------------------------------------------------------------------------------ pool metrics
-
-class PhaseMetrics(NamedTuple):
-    """One pool's metrics per design point. ttft_s is 0 for a decode pool (the prefill pool sets
-    it) and ttl_s 0 for a prefill pool; rate_per_gpu in requests/s/GPU; mem_ratio = bytes/HBM."""
-
-    ttft_s: jax.Array
-    ttl_s: jax.Array
-    rate_per_gpu: jax.Array
-    gpus: jax.Array
-    mem_ratio: jax.Array
-
-
-def phase_metrics(model: ModelSpec, hw: HardwareSpec, params, phase: str, lay: LayoutArrays, isl, osl, *,
-                  relaxed: bool = False) -> PhaseMetrics:
-    """Per-pool metrics: the two halves of `serving.disaggregated`, or `serving.colocated`.
-
-    Args:
-      phase: "prefill", "decode" or "colocated".
-      lay: design points. isl, osl: request lengths. relaxed: smooth roundings (`step`).
-
-    Returns:
-      `PhaseMetrics`.
-
-    Raises:
-      ValueError: an unknown phase.
-    """
-    isl, osl = jnp.asarray(isl, jnp.float32), jnp.asarray(osl, jnp.float32)
-    ctx = isl + 0.5 * osl
-    g = replica_gpus(lay)
-    zero = jnp.zeros_like(lay.batch)
-    if phase == "prefill":
-        st = prefill_step(model, hw, params, lay, isl, relaxed=relaxed)
-        kv_per_gpu = lay.batch * kv_cache_bytes(model, isl, lay.kv_bits) / g
-        t_kv = ops.collective_time(params, hw, "send_recv", kv_per_gpu, 2.0, level=2)
-        ttft = jnp.maximum(st.time_s, t_kv) + t_kv / float(model.n_layers)
-        c = jnp.where(lay.chunk > 0, jnp.minimum(lay.chunk, isl), isl)
-        _, ratio = fits(model, hw, lay, isl, tokens=lay.batch * c, relaxed=relaxed)
-        return PhaseMetrics(ttft, zero, lay.batch / (st.period_s * g), g, ratio)
-    if phase == "decode":
-        st = decode_step(model, hw, params, lay, ctx, relaxed=relaxed)
-        _, ratio = fits(model, hw, lay, ctx, relaxed=relaxed)
-        return PhaseMetrics(zero, st.time_s, lay.batch / (st.time_s * osl * g), g, ratio)
-    if phase == "colocated":
-        s = colocated(model, hw, params, lay, isl, osl, relaxed=relaxed)
-        b = round_up(lay.batch / pipeline_microbatches(lay), relaxed)
-        _, ratio = fits(model, hw, lay, ctx, tokens=b + jnp.minimum(b * isl / osl, isl), relaxed=relaxed)
-        return PhaseMetrics(s.ttft_s, s.ttl_s, s.tokens_per_s_per_gpu / osl, g, ratio)
-    raise ValueError(f"phase={phase!r} must be one of {PHASES}")
-
-
 def _feasible(m, workload: Workload):
     return (m.mem_ratio <= 1.0) & (m.ttft_s <= workload.ttft_limit_s) & (m.ttl_s <= workload.ttl_limit_s)
-
-
-def solve_pools(r_p, g_p, r_d, g_d, osl, max_total_gpus: int):
-    """Integer replica counts of a disaggregated system maximizing tokens/s/GPU.
-
-        max over n_p, n_d ≥ 1 with n_p·g_p + n_d·g_d ≤ G of OSL·min(n_p·r_p, n_d·r_d)/(n_p·g_p + n_d·g_d)
-
-    For fixed n_p the value rises in n_d up to n_p·r_p/r_d and falls after: n_d is its floor or
-    ceil (clipped to the budget).
-
-    Args:
-      r_p, r_d: requests/s of one prefill / decode replica (numpy, broadcast together).
-      g_p, g_d: GPUs of one replica. osl: output tokens per request.
-      max_total_gpus: G.
-
-    Returns:
-      (tokens/s/GPU, n_p, n_d) arrays; tokens/s/GPU is 0 where no system fits in G.
-
-    References:
-      Beyond the Buzz, arXiv 2506.05508 §3 (integer solve of prefill and decode GPU counts).
-    """
-    r_p, g_p, r_d, g_d = np.broadcast_arrays(*(np.asarray(x, np.float64) for x in (r_p, g_p, r_d, g_d)))
-    n_p = np.arange(1, max_total_gpus + 1, dtype=np.float64).reshape((-1,) + (1,) * r_p.ndim)
-    cap = np.floor((max_total_gpus - n_p * g_p) / g_d)
-    ideal = n_p * r_p / np.maximum(r_d, 1e-300)
-    best = np.zeros(r_p.shape)
-    best_np, best_nd = np.zeros(r_p.shape, np.int64), np.zeros(r_p.shape, np.int64)
-    for n_d in (np.floor(ideal), np.ceil(ideal)):
-        n_d = np.clip(n_d, 1.0, np.maximum(cap, 1.0))
-        v = osl * np.minimum(n_p * r_p, n_d * r_d) / (n_p * g_p + n_d * g_d)
-        v = np.where(cap >= 1.0, v, 0.0)
-        i = np.argmax(v, axis=0)
-        vi = np.take_along_axis(v, i[None], 0)[0]
-        better = vi > best
-        best = np.where(better, vi, best)
-        best_np = np.where(better, i + 1, best_np)
-        best_nd = np.where(better, np.take_along_axis(n_d * np.ones_like(v), i[None], 0)[0].astype(np.int64), best_nd)
-    return best, best_np, best_nd
 
 
 # ------------------------------------------------------------------------------- designs, results
@@ -552,192 +436,7 @@ def _disaggregated_frontier(td: PhaseTable, ip, gp, rp, osl, G):
     return 1.0 / m.ttl_s[j], v.max(axis=1)
 
 
-# ------------------------------------------------------------------------------------ relaxation
-
-N_THETA = 8  # relaxation variables per pool (module docstring)
-
-
-def _v2(n: int) -> int:
-    """Exponent of 2 in n: a power of two 2^u divides n iff u ≤ v2(n)."""
-    return (n & -n).bit_length() - 1
-
-
-def smooth_hinge(x, beta):
-    """h_β(x) = softplus(β·x)/β: a smooth max(0, x), within log(2)/β of it."""
-    return jax.nn.softplus(beta * x) / beta
-
-
-def relaxed_layout(theta, model: ModelSpec, space: SearchSpace, phase: str, isl):
-    """Map unconstrained θ [..., 8] to a real-valued layout (module docstring).
-
-    Args:
-      theta: [..., N_THETA] reals.
-      model, space: the model and the space (degree and batch ranges).
-      phase: "prefill", "decode" or "colocated".
-      isl: prompt tokens (prefill chunk range).
-
-    Returns:
-      (LayoutArrays of real degrees, u [..., 7] = (log2 tpa, log2 kvp, log2 dp_attn, log2 tpf,
-      log2 ep, log2 pp, s) with s the micro-batch exponent or the chunk position in [0, 1]).
-    """
-    sig = jax.nn.sigmoid
-    u_n = math.log2(space.max_gpus) * sig(theta[..., 0])
-    if phase == "prefill":
-        w = jax.nn.softmax(jnp.stack([theta[..., 1], theta[..., 3]], -1), -1)
-        u_tpa, u_kvp, u_dp = u_n * w[..., 0], jnp.zeros_like(u_n), u_n * w[..., 1]
-    else:
-        w = jax.nn.softmax(theta[..., 1:4], -1)
-        u_tpa, u_kvp, u_dp = u_n * w[..., 0], u_n * w[..., 1], u_n * w[..., 2]
-    if model.is_moe:
-        u_ep = u_n * sig(theta[..., 4])
-        u_tpf = u_n - u_ep
-    else:
-        u_ep = jnp.zeros_like(u_n)
-        u_tpf = u_tpa + (u_n - u_tpa) * sig(theta[..., 4])
-    u_pp = math.log2(max(space.pp_options)) * sig(theta[..., 5])
-    grid = space.batches(phase)
-    b_lo, b_hi = math.log2(grid[0]), math.log2(grid[-1])
-    batch = jnp.exp2(b_lo + (b_hi - b_lo) * sig(theta[..., 6]))
-    s = sig(theta[..., 7])
-    pp, dp = jnp.exp2(u_pp), jnp.exp2(u_dp)
-    isl = jnp.asarray(isl, jnp.float32)
-    chunk, mb = jnp.zeros_like(u_n), jnp.ones_like(u_n)
-    positive = [c for c in space.chunks if c > 0]
-    if phase == "prefill" and positive:
-        c_min = jnp.minimum(float(min(positive)), isl)
-        chunk = isl * jnp.exp(s * jnp.log(c_min / isl))
-    elif phase != "prefill":
-        per_group = batch / (jnp.minimum(pp, batch) * dp)
-        mb = jnp.exp(s * jnp.log(max1_relaxed(per_group)))
-    wb, kb, ab, cb = space.bits
-    lay = LayoutArrays(
-        tpa=jnp.exp2(u_tpa), kvp=jnp.exp2(u_kvp), dp_attn=dp, tpf=jnp.exp2(u_tpf), ep=jnp.exp2(u_ep), pp=pp,
-        dp=jnp.ones_like(u_n), batch=batch, microbatches=mb, chunk=chunk, hopb=jnp.ones_like(u_n),
-        weight_bits=jnp.full_like(u_n, wb), kv_bits=jnp.full_like(u_n, kb), act_bits=jnp.full_like(u_n, ab),
-        comm_bits=jnp.full_like(u_n, cb))
-    return lay, jnp.stack([u_tpa, u_kvp, u_dp, u_tpf, u_ep, u_pp, s], -1)
-
-
-def _log2(x):
-    return jnp.log2(jnp.maximum(x, 1e-30))
-
-
-def _pool_terms(model: ModelSpec, space: SearchSpace, phase: str, u, lay, m: PhaseMetrics, ttft_limit_s,
-                ttl_limit_s, beta):
-    """Hinged violations (≥ 0) of one pool's constraints, and its integrality term."""
-    h = functools.partial(smooth_hinge, beta=beta)
-    u_tpa, u_kvp, u_dp, u_tpf, u_ep, u_pp, s = (u[..., i] for i in range(7))
-    a_tpf = _v2(model.expert_ffn) if model.is_moe else _v2(model.ffn)
-    if model.is_moe and model.n_moe_layers < model.n_layers:
-        a_tpf = min(a_tpf, _v2(model.ffn))
-    v = {
-        f"{phase}/memory": h(_log2(m.mem_ratio)),
-        f"{phase}/tpa_divides_q": h(u_tpa - _v2(model.n_heads)),
-        # TPA beyond the KV heads only as plain TP (kvp = dp_attn = 1), which duplicates KV heads
-        f"{phase}/tpa_divides_kv": h(u_tpa - _v2(model.n_kv_heads)) * jnp.tanh(2.0 * (u_kvp + u_dp)),
-        f"{phase}/tpf_divides_ffn": h(u_tpf - a_tpf),
-        f"{phase}/gpus_per_replica": h(u_tpa + u_kvp + u_dp + u_pp - math.log2(space.max_gpus)),
-        f"{phase}/batch_ge_dp": h(u_dp - _log2(lay.batch)),
-    }
-    if model.is_moe:
-        v[f"{phase}/ep_divides_experts"] = h(u_ep - _v2(model.n_experts))
-    if phase != "decode":
-        v[f"{phase}/ttft"] = h(_log2(m.ttft_s / ttft_limit_s))
-    if phase != "prefill":
-        v[f"{phase}/ttl"] = h(_log2(m.ttl_s / ttl_limit_s))
-    frac = jnp.sin(jnp.pi * u[..., :6]) / jnp.pi
-    integ = jnp.sum(frac * frac, -1) + (0.0 if phase == "prefill" else 4.0 * s * (1.0 - s))
-    return v, integ
-
-
-def relaxed_terms(arm: str, theta, model: ModelSpec, hw: HardwareSpec, params, space: SearchSpace, isl, osl,
-                  ttft_limit_s, ttl_limit_s, beta):
-    """Objective, hinged constraint violations and integrality of one relaxed design.
-
-    Args:
-      arm: "disaggregated" (theta [2, N_THETA]: prefill, decode) or "colocated" ([1, N_THETA]).
-      theta: relaxation variables of one design.
-      params: efficiencies. isl, osl: request lengths. ttft_limit_s, ttl_limit_s: the SLA.
-      beta: hinge sharpness.
-
-    Returns:
-      (objective = −log2 tokens/s/GPU, {name: violation ≥ 0}, integrality ≥ 0).
-    """
-    G = float(space.max_total_gpus)
-    phases = ("prefill", "decode") if arm == "disaggregated" else ("colocated",)
-    viol, integ, mets = {}, 0.0, []
-    for k, phase in enumerate(phases):
-        lay, u = relaxed_layout(theta[k], model, space, phase, isl)
-        m = phase_metrics(model, hw, params, phase, lay, isl, osl, relaxed=True)
-        v, i = _pool_terms(model, space, phase, u, lay, m, ttft_limit_s, ttl_limit_s, beta)
-        viol.update(v)
-        integ = integ + i
-        mets.append(m)
-    if arm == "disaggregated":
-        mp, md = mets
-        tps = osl / (1.0 / mp.rate_per_gpu + 1.0 / md.rate_per_gpu)
-        k_ratio = (md.rate_per_gpu * md.gpus) / (mp.rate_per_gpu * mp.gpus)  # prefill replicas per decode replica
-        g_min = ops.smooth_max(k_ratio, 1.0) * mp.gpus + ops.smooth_max(1.0 / k_ratio, 1.0) * md.gpus
-        viol["total_gpus"] = smooth_hinge(_log2(g_min / G), beta)
-    else:
-        (mc,) = mets
-        tps = mc.rate_per_gpu * osl
-        viol["total_gpus"] = smooth_hinge(_log2(mc.gpus / G), beta)
-    return -_log2(tps), viol, integ
-
-
-def relaxed_loss(arm: str, theta, model: ModelSpec, hw: HardwareSpec, params, space: SearchSpace, isl, osl,
-                 ttft_limit_s, ttl_limit_s, *, beta=8.0, weight=10.0, integrality=0.0):
-    """ℓ(θ) = −log2 tokens/s/GPU + weight·Σ violations² + integrality·Σ sin²(π·u)/π² (scalar)."""
-    obj, viol, integ = relaxed_terms(arm, theta, model, hw, params, space, isl, osl, ttft_limit_s, ttl_limit_s,
-                                     beta)
-    pen = sum(v * v for v in viol.values())
-    return obj + weight * pen + integrality * integ
-
-
-def _schedule(frac, w=(1.0, 100.0), beta=(2.0, 32.0), lam=2.0):
-    """Penalty weight and hinge sharpness grow geometrically; integrality from a third of the way."""
-    return (beta[0] * (beta[1] / beta[0]) ** frac, w[0] * (w[1] / w[0]) ** frac,
-            lam * jnp.clip((frac - 1.0 / 3.0) * 1.5, 0.0, 1.0))
-
-
-@functools.lru_cache(maxsize=64)
-def _optimizer(arm: str, model: ModelSpec, hw: HardwareSpec, space: SearchSpace, steps: int):
-    """jit(run(theta0 [S, pools, 8], params, isl, osl, ttft, ttl, lr, frac0) -> (theta, loss [steps, S])).
-
-    Adam (optax) on every start at once; cosine-decayed learning rate; the penalty schedule runs
-    from frac0 to 1 (warm starts begin part-way)."""
-    tx = optax.scale_by_adam()
-
-    def loss(theta, params, isl, osl, ttft, ttl, beta, w, lam):
-        return relaxed_loss(arm, theta, model, hw, params, space, isl, osl, ttft, ttl, beta=beta, weight=w,
-                            integrality=lam)
-
-    value_and_grad = jax.vmap(jax.value_and_grad(loss), in_axes=(0,) + (None,) * 8)
-
-    def run(theta0, params, isl, osl, ttft, ttl, lr, frac0):
-        def body(carry, k):
-            theta, state = carry
-            frac = frac0 + (1.0 - frac0) * k / max(steps - 1, 1)
-            beta, w, lam = _schedule(frac)
-            val, grad = value_and_grad(theta, params, isl, osl, ttft, ttl, beta, w, lam)
-            grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
-            upd, state = tx.update(grad, state, theta)
-            step_lr = lr * (0.1 + 0.9 * 0.5 * (1.0 + jnp.cos(jnp.pi * k / max(steps, 1))))
-            return (theta - step_lr * upd, state), val
-
-        (theta, _), losses = jax.lax.scan(body, (theta0, tx.init(theta0)), jnp.arange(steps, dtype=jnp.float32))
-        return theta, losses
-
-    return jax.jit(run)
-
-
-@functools.lru_cache(maxsize=64)
-def _relaxed_u(model: ModelSpec, space: SearchSpace, phase: str):
-    return jax.jit(lambda theta, isl: relaxed_layout(theta, model, space, phase, isl))
-
-
-# ------------------------------------------------------------------- discrete rounding and polish
+# ------------------------------------------------------------------- pools of discrete layouts
 
 _POINT_BLOCK = 64
 
@@ -830,213 +529,6 @@ class _Pool:
         d = {k: int(v) for k, v in zip(keys, self.row(si, bi)) if k != "dp"}
         d["family"] = str(self.family[si])
         return d
-
-
-def _batch_search(pool: _Pool, si: int, guess: int, window: int):
-    """Generator (driven by `_drive`): the largest feasible batch of structure si by galloping
-    from `guess` and bisecting, then `window` grid batches below it and the largest aligned one.
-    Yields lists of batch indices, receives their metrics, returns [(bi, metrics)] feasible."""
-    lo_ok, n = pool.min_batch_index(si), len(pool.grid)
-    if lo_ok >= n:
-        return []
-    k = int(np.clip(guess, lo_ok, n - 1))
-    (m,) = yield [k]
-    if pool.feasible(m):
-        lo, hi, step = k, n, 1
-        while lo + step < n:
-            (m,) = yield [lo + step]
-            if pool.feasible(m):
-                lo, step = lo + step, step * 2
-            else:
-                hi = lo + step
-                break
-    else:
-        hi, lo, step = k, None, 1
-        while hi - step >= lo_ok:
-            (m,) = yield [hi - step]
-            if pool.feasible(m):
-                lo = hi - step
-                break
-            hi, step = hi - step, step * 2
-        if lo is None:
-            if hi == lo_ok:
-                return []
-            (m,) = yield [lo_ok]
-            if not pool.feasible(m):
-                return []
-            lo = lo_ok
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        (m,) = yield [mid]
-        if pool.feasible(m):
-            lo = mid
-        else:
-            hi = mid
-    _, kvp, d, _, _, pp, _ = pool.struct[si]
-    cands = {lo} | {b for b in range(max(lo_ok, lo - window + 1), lo)}
-    aligned = [b for b in range(lo, lo_ok - 1, -1) if int(pool.grid[b]) % (min(pp, int(pool.grid[b])) * d) == 0]
-    if aligned:
-        cands.add(aligned[0])
-    cands = sorted(cands)
-    mets = yield cands
-    return [(b, m) for b, m in zip(cands, mets) if pool.feasible(m)]
-
-
-def _drive(pool: _Pool, searches: dict):
-    """Run `_batch_search` generators in lockstep, one batched evaluation per round."""
-    results, pending = {}, {}
-    for key, gen in searches.items():
-        try:
-            pending[key] = (gen, next(gen))
-        except StopIteration as e:
-            results[key] = e.value
-    while pending:
-        points = [(key[0] if isinstance(key, tuple) else key, bi) for key, (_, bis) in pending.items() for bi in bis]
-        mets = iter(pool.evaluate(points))
-        nxt = {}
-        for key, (gen, bis) in pending.items():
-            try:
-                nxt[key] = (gen, gen.send([next(mets) for _ in bis]))
-            except StopIteration as e:
-                results[key] = e.value
-        pending = nxt
-    return results
-
-
-def _best_batches(pool: _Pool, guesses: dict, value, window: int):
-    """{si: (bi, metrics, value)} of the best feasible batch per structure (value: metrics -> float)."""
-    found = _drive(pool, {si: _batch_search(pool, si, g, window) for si, g in guesses.items()})
-    out = {}
-    for si, feas in found.items():
-        if feas:
-            vals = [value(si, m) for _, m in feas]
-            j = int(np.argmax(vals))
-            if vals[j] > 0:
-                out[si] = (feas[j][0], feas[j][1], vals[j])
-    return out
-
-
-def _snap(pool: _Pool, u: np.ndarray, batch: np.ndarray):
-    """Nearest structure (Euclidean in u) and nearest grid batch (in log2) for every start."""
-    d = ((u[:, None, :] - pool.coords[None, :, :]) ** 2).sum(-1)
-    si = np.argmin(d, 1)
-    bi = np.abs(np.log2(pool.grid)[None, :] - np.log2(np.maximum(batch, 1.0))[:, None]).argmin(1)
-    return si, bi
-
-
-def _guess(pool: _Pool, si_from: int, bi_from: int, si_to: int) -> int:
-    """Batch guess for a neighbour: the incumbent's batch scaled by the replica-size ratio."""
-    g = lambda s: float(np.prod(pool.struct[s, :3]) * pool.struct[s, 5])  # noqa: E731
-    b = pool.grid[bi_from] * g(si_to) / g(si_from)
-    return int(np.abs(np.log2(pool.grid) - math.log2(max(b, 1.0))).argmin())
-
-
-class _Incumbent(NamedTuple):
-    si: int
-    bi: int
-    met: tuple
-
-
-def _system_value(case: Case, pf: _Incumbent | None, dc: _Incumbent):
-    """tokens/s/GPU (and pools) of a disaggregated pair, or of a co-located replica (pf None)."""
-    osl, G = float(case.workload.osl), case.space.max_total_gpus
-    if pf is None:
-        return (dc.met[2] * osl if dc.met[3] <= G else 0.0), 0, 1
-    v, n_p, n_d = solve_pools(pf.met[2] * pf.met[3], pf.met[3], dc.met[2] * dc.met[3], dc.met[3], osl, G)
-    return float(v), int(n_p), int(n_d)
-
-
-def _polish(case: Case, pools: dict, inc: dict, window: int, max_rounds: int):
-    """Hill climb, pool by pool (the other pool fixed), over `_Pool.neighbours`: the structures
-    within L1 distance 2 and those of the incumbent's replica size (a relaxation biased towards,
-    say, uneven pipeline stages lands on the right size but a distant split of it)."""
-    for _ in range(max_rounds):
-        improved = False
-        for phase, pool in pools.items():
-            cur = inc[phase]
-            other = {k: v for k, v in inc.items() if k != phase}
-
-            def value(si, met, phase=phase, other=other):
-                trial = {**other, phase: _Incumbent(si, -1, met)}
-                return _system_value(case, trial.get("prefill"), trial.get("decode", trial.get("colocated")))[0]
-
-            base = value(cur.si, cur.met)
-            neigh = pool.neighbours(cur.si)
-            found = _best_batches(pool, {int(s): _guess(pool, cur.si, cur.bi, int(s)) for s in neigh}, value, window)
-            if found:
-                si = max(found, key=lambda s: found[s][2])
-                if found[si][2] > base * (1.0 + 1e-9):
-                    inc[phase] = _Incumbent(si, found[si][0], found[si][1])
-                    improved = True
-        if not improved:
-            break
-    return inc
-
-
-def _violation(pool: _Pool, met) -> float:
-    """Largest relative violation (log2) of memory, TTFT and TTL; ≤ 0 when feasible."""
-    w = pool.case.workload
-    ttft, ttl, _, _, mem = met
-    return max(math.log2(max(mem, 1e-30)), math.log2(max(ttft, 1e-30) / w.ttft_limit_s),
-               math.log2(max(ttl, 1e-30) / w.ttl_limit_s))
-
-
-def _restore_feasibility(pool: _Pool, structs: list, max_rounds: int = 16):
-    """When no rounded start is feasible: descend on the violation at each structure's smallest
-    batch (where memory, TTFT and TTL are least) over `_Pool.neighbours`."""
-
-    def viol(ss):
-        return [_violation(pool, m) for m in pool.evaluate([(s, pool.min_batch_index(s)) for s in ss])]
-
-    structs = [s for s in structs if pool.min_batch_index(s) < len(pool.grid)]
-    if not structs:
-        return None
-    v0 = viol(structs)
-    for k in np.argsort(v0):  # descend from every rounded start, least violated first
-        cur, best = structs[k], v0[k]
-        for _ in range(max_rounds):
-            if best <= 0:
-                return cur
-            neigh = [int(s) for s in pool.neighbours(cur) if pool.min_batch_index(int(s)) < len(pool.grid)]
-            v = viol(neigh) if neigh else [np.inf]
-            if min(v) >= best:
-                break
-            cur, best = neigh[int(np.argmin(v))], min(v)
-        if best <= 0:
-            return cur
-    return None
-
-
-def _arm_candidates(case: Case, arm: str, pools: dict, theta: np.ndarray, extra: dict, window: int):
-    """Snap every start, find each distinct structure's best batch, pick the best combination."""
-    isl = float(case.workload.isl)
-    found = {}
-    for k, (phase, pool) in enumerate(pools.items()):
-        lay, u = _relaxed_u(case.model, case.space, phase)(jnp.asarray(theta[:, k], jnp.float32), isl)
-        si, bi = _snap(pool, np.asarray(u, np.float64), np.asarray(lay.batch, np.float64))
-        guesses = {}
-        for s, b in zip(si.tolist(), bi.tolist()):
-            guesses.setdefault(s, b)
-        for s, b in extra.get(phase, {}).items():
-            guesses.setdefault(s, b)
-        rate = lambda si, met: met[2]  # noqa: E731  fluid requests/s/GPU: the pool-size-free ranking
-        found[phase] = _best_batches(pool, guesses, rate, window)
-        if not found[phase]:
-            si = _restore_feasibility(pool, list(guesses))
-            found[phase] = {} if si is None else _best_batches(pool, {si: pool.min_batch_index(si)}, rate, window)
-        if not found[phase]:
-            return None
-    if arm == "colocated":
-        (f,) = found.values()
-        best = max(f, key=lambda s: _system_value(case, None, _Incumbent(s, *f[s][:2]))[0])
-        return {"colocated": _Incumbent(best, *found["colocated"][best][:2])}
-    best, best_v = None, 0.0
-    for sp, (bp, mp, _) in found["prefill"].items():
-        for sd, (bd, md, _) in found["decode"].items():
-            v = _system_value(case, _Incumbent(sp, bp, mp), _Incumbent(sd, bd, md))[0]
-            if v > best_v:
-                best, best_v = (_Incumbent(sp, bp, mp), _Incumbent(sd, bd, md)), v
-    return None if best is None else {"prefill": best[0], "decode": best[1]}
 
 
 def _design(case: Case, pools: dict, inc: dict) -> Design:
