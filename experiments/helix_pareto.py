@@ -112,7 +112,8 @@ def layout_label(lay, i: int, family: str) -> str:
     return s
 
 
-_OFFSETS = ((6, 6), (6, -16), (-6, 6), (-6, -16), (6, 20), (-6, 20), (6, -30), (-6, -30), (6, 34), (-6, 34))
+_OFFSETS = ((6, 6), (6, -16), (-6, 6), (-6, -16), (6, 20), (-6, 20), (6, -30), (-6, -30), (6, 34), (-6, 34),
+            (6, -44), (-6, -44), (6, 48), (-6, 48))
 
 
 def tidy_pareto(fig):
@@ -145,6 +146,7 @@ def tidy_pareto(fig):
         frame = ax.get_window_extent(renderer)
         placed = []
         for ann in [t for t in ax.texts if hasattr(t, "xyann")]:
+            fallback = None  # the first offset inside the axes, when every one overlaps a label
             for off in _OFFSETS:
                 ann.xyann = off
                 ann.set_horizontalalignment("left" if off[0] > 0 else "right")
@@ -152,6 +154,12 @@ def tidy_pareto(fig):
                 inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
                 if inside and not any(box.overlaps(b) for b in placed):
                     break
+                if inside and fallback is None:
+                    fallback = off
+            else:
+                off = fallback or _OFFSETS[0]
+                ann.xyann = off
+                ann.set_horizontalalignment("left" if off[0] > 0 else "right")
             placed.append(ann.get_window_extent(renderer))
     return fig
 
