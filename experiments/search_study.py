@@ -198,9 +198,14 @@ def plot(cases: list[dict], sweep: dict | None) -> Figure:
         ax2.scatter(px, [p["gradient"] for p in sweep["points"]], color="C3", zorder=3, s=40,
                     label=f"gradient search per TTL target ({sum(p['evals_gradient'] for p in sweep['points']):,} "
                           "evaluations in all; dotted: the targets)")
+        groups: dict = {}  # targets whose designs coincide share one label
         for p, xv in zip(sweep["points"], px):
             ax2.axvline(1e3 / p["ttl_ms"], color="C3", lw=0.5, ls=":")
-            ax2.annotate(f"TTL ≤ {p['ttl_ms']:g} ms\ngap {p['gap_pct']:.1f}%", (xv, p["gradient"]), xytext=(4, -20),
+            groups.setdefault((xv, p["gradient"]), []).append(p)
+        for (xv, yv), ps in groups.items():
+            ttls = ", ".join(f"{p['ttl_ms']:g}" for p in ps)
+            ax2.annotate(f"TTL ≤ {ttls} ms\ngap " + ", ".join(f"{p['gap_pct']:.1f}%" for p in ps), (xv, yv),
+                         xytext=(4, -20),
                          textcoords="offset points", fontsize=7, color="C3")
         ax2.set_xscale("log")
         ax2.set_yscale("log")
