@@ -18,7 +18,7 @@ The paper's findings to check: disaggregation gains most for prefill-heavy traff
 
 Reference: Beyond the Buzz, arXiv 2506.05508 §3–4. Pools are fluid in the rate-matching table (α
 continuous, as in the paper's plots) and integer in the frontiers.
-Runtime on 2 shared CPU cores: --quick about 2 minutes, full mode about 5 minutes.
+Runtime on 2 shared CPU cores (docs/experiments.md): --quick 25–40 s, full mode 1–1.5 minutes.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ MODELS = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b", "deepseek-r1")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The grid; the defaults are full mode (about 5 minutes on 2 shared CPU cores).
+    """The grid; the defaults are full mode (1–1.5 minutes on 2 shared CPU cores).
 
     Attributes:
       seed: seeds the subsample of co-located points drawn in the Pareto plots.

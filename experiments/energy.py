@@ -18,7 +18,7 @@ memory, fans, power supplies), no best-of-N. The numbers here are MODELLED from 
 the cost model's utilizations, not measured: the model describes the steady state of one decode
 step, and its host share approximates the full-system boundary; use them to rank designs, and
 measure wall power under those rules before quoting joules.
-Runtime on 2 shared CPU cores: --quick about 1 minute, full mode about 2 minutes.
+Runtime on 2 shared CPU cores (docs/experiments.md): --quick and full mode 7–15 s.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ MLPERF_RULES = (
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The grid; the defaults are full mode (about 2 minutes on 2 shared CPU cores).
+    """The grid; the defaults are full mode (7–15 s on 2 shared CPU cores).
 
     Attributes:
       seed: seeds the subsample of non-frontier points drawn in the plots.

@@ -14,7 +14,7 @@ saved and the error they cost.
 
 Needs kvp·tpa devices: the CLI gives JAX 8 emulated CPU devices (or the accelerators of the host).
 Reference: Helix, arXiv 2507.07120 §2.1; OCP MX v1.0; arXiv 2310.10537.
-Runtime on 2 shared CPU cores: --quick about 1.5 minutes, full mode about 5 minutes.
+Runtime on 2 shared CPU cores (docs/experiments.md): --quick about 2 minutes, full mode about 3 minutes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def parse_layout(text: str) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Formats × layouts; the defaults are full mode (about 5 minutes on 2 shared CPU cores).
+    """Formats × layouts; the defaults are full mode (about 3 minutes on 2 shared CPU cores).
 
     Attributes:
       seed: seeds the random layer weights, inputs and caches.

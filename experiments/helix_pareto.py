@@ -17,7 +17,7 @@ reads the paper's comparisons off the two Pareto frontiers (tokens/s/GPU against
 efficiencies at FP4). `alpha_scales` repeats the study with every link latency α scaled (sensitivity).
 
 Reference: Helix Parallelism, arXiv 2507.07120 §4 (Fig. 5-6, HOP-B ablation Fig. 7), Appendix A.
-Runtime on 2 shared CPU cores: --quick about 1 minute, full mode about 3 minutes.
+Runtime on 2 shared CPU cores (docs/experiments.md): --quick 5–15 s, full mode 10–25 s.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ RATIOS = ("interactivity", "throughput", "ttl_fixed_batch", "batch_equal_ttl", "
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The sweep; the defaults are full mode (about 3 minutes on 2 shared CPU cores).
+    """The sweep; the defaults are full mode (10–25 s on 2 shared CPU cores).
 
     Attributes:
       seed: seeds the subsample of non-frontier points drawn in the plots.

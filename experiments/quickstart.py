@@ -20,7 +20,7 @@ Five stages, each resumable (run again with the same --out to continue):
    calibrated profile of this machine (a model it could hold, on its 8 devices).
 5. summary: summary.md and summary.json with every figure above, and quickstart.png.
 
-Runtime on 2 shared CPU cores: about 5–8 minutes (measured numbers in docs/experiments.md).
+Runtime on 2 shared CPU cores: 5 minutes at load 2–4, 7 minutes at load 7 (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from .results import ResultsDir
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The main job's knobs (about 5–8 minutes on 2 shared CPU cores).
+    """The main job's knobs (5–7 minutes on 2 shared CPU cores).
 
     Attributes:
       seed: model init, data order, calibration split.

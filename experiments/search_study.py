@@ -12,7 +12,7 @@ warm starts from loose to tight TTL) against the exhaustive frontier.
 Targets (the search issue): within 2% of the exhaustive optimum on ≥ 90% of cases with ≤ 5% of the
 evaluations. Cases are the benchmark set of `benchmarks/bench_search.py` (Llama-3.1-70B, -405B,
 DeepSeek-R1 × prefill-heavy, decode-heavy, 1M-token context × TTL ≤ 10 and 50 ms).
-Runtime on 2 shared CPU cores: --quick about 4 minutes, full mode about 30 minutes.
+Runtime on 2 shared CPU cores (docs/experiments.md): --quick 20–50 s, full mode about 3.5 minutes.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ WORKLOADS = {
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Cases and search settings; the defaults are full mode (about 30 minutes on 2 shared CPU cores).
+    """Cases and search settings; the defaults are full mode (about 3.5 minutes on 2 shared CPU cores).
 
     Attributes:
       seed: seeds the gradient search's random starts.
