@@ -440,6 +440,10 @@ class HardwareSpec:
         )
         if self.idle_power_w > self.peak_power_w:
             raise ValueError(f"{owner}: idle_power_w={self.idle_power_w} > peak_power_w={self.peak_power_w}")
+        for name in ("flops_fp4", "flops_fp8", "flops_bf16", "flops_fp32", "hbm_bandwidth_bytes_per_s",
+                     "hbm_capacity_bytes", "idle_power_w", "peak_power_w", "host_power_w"):
+            # Store floats: a Python int above 2^31 (95 GiB) would overflow int32 once traced under jit.
+            object.__setattr__(self, name, float(getattr(self, name)))
         if len(self.links) != 3 or not all(isinstance(l, LinkLevel) for l in self.links):
             raise ValueError(f"{owner}: links must be 3 LinkLevels (die-to-die, scale-up, scale-out), got {self.links!r}")
         sizes = [l.size for l in self.links]
