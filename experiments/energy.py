@@ -32,7 +32,8 @@ from numerics import FORMAT_NAMES
 from perfmodel import HARDWARE, format_bits, get_hardware, get_model
 from perfmodel.energy import energy_per_token
 from perfmodel.serving import replica_gpus
-from perfmodel.step import decode_step, fits
+from perfmodel.memory import fits
+from perfmodel.step import decode_step
 from perfmodel.sweep import enumerate_layouts, evaluate
 
 from . import plots

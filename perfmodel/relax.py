@@ -53,7 +53,8 @@ import optax
 from . import ops
 from .serving import colocated, kv_cache_bytes, replica_gpus
 from .specs import HardwareSpec, ModelSpec
-from .step import LayoutArrays, decode_step, fits, max1_relaxed, pipeline_microbatches, prefill_step, round_up
+from .memory import fits
+from .step import LayoutArrays, decode_step, max1_relaxed, pipeline_microbatches, prefill_step, round_up
 
 if TYPE_CHECKING:  # annotations only: search.py imports this module, never the reverse at run time
     from .search import SearchSpace

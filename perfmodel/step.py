@@ -616,13 +616,3 @@ def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, se
     t = _pass(model, hw, eff, lay, s, b + p / c, relaxed=relaxed, moe_dispatch=moe_dispatch)
     time = t.total() * _bottleneck(model, lay, in_flight, relaxed)
     return _cost(t, time, time, in_flight / lay.pp)
-
-
-def __getattr__(name):
-    """`fits` moved to `perfmodel.memory`; `from perfmodel.step import fits` keeps working (PEP 562,
-    lazily: memory.py imports this module)."""
-    if name == "fits":
-        from .memory import fits
-
-        return fits
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
