@@ -34,11 +34,12 @@ from perfmodel.energy import energy_per_token
 from perfmodel.serving import replica_gpus
 from perfmodel.memory import fits
 from perfmodel.step import decode_step
+from perfmodel.studies import log_batch_grid
 from perfmodel.sweep import enumerate_layouts, evaluate
 
 from . import plots
 from .calibration import resolve_hardware
-from .helix_pareto import batch_grid, layout_label, tidy_pareto
+from .helix_pareto import layout_label, tidy_pareto
 from .results import ResultsDir
 
 MLPERF_RULES = (
@@ -115,7 +116,7 @@ def sweep_system(config: Config, system: str, fmt: str, rng) -> dict:
     profile = config.hardware if system == "profile" else None
     hw, params, label = resolve_hardware(profile, system if profile is None else "gb200-nvl72", bits)
     m = get_model(config.model)
-    lay, fam = enumerate_layouts(m, max_gpus=config.max_gpus, batches=batch_grid(config.n_batches, config.max_batch),
+    lay, fam = enumerate_layouts(m, max_gpus=config.max_gpus, batches=log_batch_grid(config.n_batches, config.max_batch),
                                  pp_options=config.pp_options, bits=(bits,) * 4)
 
     def fn(l):

@@ -2,7 +2,7 @@
 
 Every decode layout of DeepSeek-R1 and Llama-3.1-405B on 1–64 GPUs of a GB200 NVL72 (FP4 weights,
 KV, activations and communication; 1M-token KV context) is costed with perfmodel's analytical model
-(`perfmodel.sweep.enumerate_layouts` + `decode_sweep`): TP (KV duplicated past the KV heads), DP
+(`perfmodel.studies.helix_sweep`): TP (KV duplicated past the KV heads), DP
 attention + EP, Medha-style KVP (FFN on the TPA GPUs), and Helix (KVP × TPA attention, FFN on all N
 GPUs), each with pipeline parallelism, HOP-B micro-batching on and off. `perfmodel.studies.helix_ratios`
 reads the paper's comparisons off the two Pareto frontiers (tokens/s/GPU against tokens/s/user):
@@ -23,13 +23,11 @@ Runtime on 2 shared CPU cores (docs/experiments.md): --quick 5–15 s, full mode
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
 from perfmodel import get_model
-from perfmodel.studies import PAPER_HELIX, format_helix, helix_ratios
-from perfmodel.sweep import decode_sweep, enumerate_layouts
+from perfmodel.studies import PAPER_HELIX, format_helix, helix_ratios, helix_sweep, log_batch_grid, scaled_alpha
 
 from . import plots
 from .calibration import resolve_hardware
@@ -88,11 +86,6 @@ class Config:
 
 # --quick: a coarser batch grid (still ≥ 100,000 layouts per model), no α sensitivity.
 QUICK = {"n_batches": 96, "alpha_scales": (1.0,), "plot_points": 2000}
-
-
-def batch_grid(n: int, top: int) -> list[int]:
-    """n log-spaced batches from 1 to `top`, rounded to integers, unique."""
-    return sorted({int(round(b)) for b in np.geomspace(1, top, n)})
 
 
 def layout_label(lay, i: int, family: str) -> str:
@@ -193,11 +186,10 @@ def sweep_model(model_name: str, config: Config, alpha_scale: float = 1.0, rng=N
     """
     m = get_model(model_name)
     hw, params, label = resolve_hardware(config.hardware, config.preset, config.bits)
-    params = params._replace(link_alpha_log=params.link_alpha_log + math.log(alpha_scale))
-    lay, fam = enumerate_layouts(m, max_gpus=config.max_gpus, batches=batch_grid(config.n_batches, config.max_batch),
-                                 pp_options=config.pp_options, microbatch_modes=("none", "per_request", "pow2"),
-                                 hopb_options=(1.0, 0.0), bits=(config.bits,) * 4)
-    r = decode_sweep(m, hw, params, lay, config.seq_len, progress=True, desc=f"{model_name} ({len(fam):,} layouts)")
+    r, fam, lay = helix_sweep(m, hw, scaled_alpha(params, alpha_scale), seq_len=config.seq_len,
+                              max_gpus=config.max_gpus, bits=config.bits, n_batches=config.n_batches,
+                              max_batch=config.max_batch, pp_options=config.pp_options, progress=True,
+                              desc=model_name)
     ratios = helix_ratios(r, fam, lay)
     if "error" in ratios:
         raise ValueError(f"{model_name} on {label}: {ratios['error']} (feasible per family: {ratios['n_feasible']})")
@@ -257,7 +249,7 @@ def run(config: Config, out: ResultsDir) -> dict:
     main = [r for r in rows if r["alpha_scale"] == 1.0]
     lines = [f"# helix-pareto: Helix vs the best baselines on {main[0]['hardware']}", "",
              f"Decode layouts on 1–{config.max_gpus} GPUs, {config.seq_len:,.0f}-token KV context, "
-             f"{config.bits:g}-bit weights/KV/activations/communication, {len(batch_grid(config.n_batches, config.max_batch))} "
+             f"{config.bits:g}-bit weights/KV/activations/communication, {len(log_batch_grid(config.n_batches, config.max_batch))} "
              f"batch sizes 1–{config.max_batch}, PP ∈ {list(config.pp_options)}, HOP-B on/off "
              "(arXiv 2507.07120 §4). Ratios are Helix over the best baseline frontier (TP, DP+EP, Medha KVP).", "",
              format_helix(rows), "",

@@ -35,6 +35,7 @@ import numpy as np
 from .efficiency import EfficiencyParams, datasheet_params
 from .memory import fits
 from .presets import get_hardware, get_model
+from .specs import HardwareSpec, ModelSpec
 from .serving import colocated, disaggregated, envelope, pareto_front, replica_gpus
 from .step import LayoutArrays, decode_step, prefill_step
 from .sweep import decode_sweep, enumerate_layouts, evaluate
@@ -45,11 +46,13 @@ PAPER_HELIX = {
 }
 
 
-def _scaled_alpha(params: EfficiencyParams, scale: float) -> EfficiencyParams:
+def scaled_alpha(params: EfficiencyParams, scale: float) -> EfficiencyParams:
+    """`params` with every link latency α multiplied by `scale` (the latency-sensitivity knob)."""
     return params._replace(link_alpha_log=params.link_alpha_log + math.log(scale))
 
 
-def _batch_grid(n: int, top: int) -> list[int]:
+def log_batch_grid(n: int, top: int) -> list[int]:
+    """n log-spaced batch sizes from 1 to `top`, rounded to integers, unique."""
     return sorted({int(round(b)) for b in np.geomspace(1, top, n)})
 
 
@@ -139,13 +142,31 @@ def helix_study(model: str, *, hardware: str = "gb200-nvl72", seq_len: float = 1
     Returns:
       dict of ratios (see module docstring), layout counts, the two frontiers.
     """
-    m, hw = get_model(model), get_hardware(hardware)
-    params = _scaled_alpha(datasheet_params(hw), alpha_scale)
-    lay, fam = enumerate_layouts(m, max_gpus=max_gpus, batches=_batch_grid(n_batches, max_batch),
+    hw = get_hardware(hardware)
+    r, fam, lay = helix_sweep(get_model(model), hw, scaled_alpha(datasheet_params(hw), alpha_scale),
+                              seq_len=seq_len, max_gpus=max_gpus, bits=bits, n_batches=n_batches,
+                              max_batch=max_batch, pp_options=pp_options, progress=progress)
+    return {"model": model, "hardware": hardware, "alpha_scale": alpha_scale, **helix_ratios(r, fam, lay)}
+
+
+def helix_sweep(model: ModelSpec, hw: HardwareSpec, params: EfficiencyParams, *, seq_len: float,
+                max_gpus: int, bits: float, n_batches: int, max_batch: int, pp_options, progress: bool = False,
+                desc: str | None = None):
+    """Decode metrics of every layout of the Helix study (all families, HOP-B on and off).
+
+    Args:
+      model, hw, params: the model, the hardware and its efficiencies (datasheet or a fitted profile).
+      seq_len, max_gpus, bits, n_batches, max_batch, pp_options: as in `helix_study`.
+      progress, desc: progress bar and its label.
+
+    Returns:
+      (metrics dict of `sweep.decode_sweep`, family per layout, the `LayoutArrays`).
+    """
+    lay, fam = enumerate_layouts(model, max_gpus=max_gpus, batches=log_batch_grid(n_batches, max_batch),
                                  pp_options=pp_options, microbatch_modes=("none", "per_request", "pow2"),
                                  hopb_options=(1.0, 0.0), bits=(bits,) * 4)
-    r = decode_sweep(m, hw, params, lay, seq_len, progress=progress)
-    return {"model": model, "hardware": hardware, "alpha_scale": alpha_scale, **helix_ratios(r, fam, lay)}
+    kw = {"desc": desc} if desc else {}
+    return decode_sweep(model, hw, params, lay, seq_len, progress=progress, **kw), fam, lay
 
 
 # ---------------------------------------------------------------------------------- disaggregation
@@ -192,7 +213,7 @@ def disaggregation_row(model_name: str, mix: str, *, hardware: str = "gb200-nvl7
     isl, osl = MIXES[mix]
     pf_row, pf_metrics = best_prefill(m, hw, params, float(isl), ttft_limit_s=ttft_limit_s,
                                       max_gpus=max_gpus, bits=bits)
-    lay, _ = enumerate_layouts(m, max_gpus=max_gpus, batches=_batch_grid(n_batches, 2048), pp_options=(1, 2, 4),
+    lay, _ = enumerate_layouts(m, max_gpus=max_gpus, batches=log_batch_grid(n_batches, 2048), pp_options=(1, 2, 4),
                                families=("tp", "dp_ep"), microbatch_modes=("none",), bits=(bits,) * 4)
     ctx = isl + 0.5 * osl
 
