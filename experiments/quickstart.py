@@ -9,7 +9,7 @@ Five stages, each resumable (run again with the same --out to continue):
    uses that profile instead of measuring.
 2. train: a small byte-level transformer (flax nnx, `parallel.model`) on the CPython corpus, FP32 and
    all-MXFP6 (E3M2 weights, activations, gradients) with the same seed, data order and
-   hyperparameters (`experiments.mx_accuracy`'s training functions): validation loss of each.
+   hyperparameters (`experiments.training`): validation loss of each.
 3. helix decode: the trained FP32 model decodes the validation windows under a Helix layout on 8
    devices (KVP × TPA attention, one all-to-all + LSE combine, round-robin KV append, TP FFN;
    `parallel.sharded_decoder`), teacher-forced; its logits are checked against the single-device
@@ -45,6 +45,7 @@ from perfmodel.specs import Layout, ModelSpec
 from . import calibration, helix_pareto, plots
 from . import corpus as corpus_lib
 from . import mx_accuracy as mx
+from . import training
 from .results import ResultsDir
 
 
@@ -172,26 +173,26 @@ def stage_train(config: Config, out: ResultsDir) -> dict:
     data, windows = _data(config)
     val = windows.reshape(-1, config.batch_size, config.seq_len + 1)
     batches = corpus_lib.sample_batches(data.train, config.steps, config.batch_size, config.seq_len, config.seed)
-    lrs = mx.lr_schedule(config.lr, config.steps, config.warmup_steps)
+    lrs = training.lr_schedule(config.lr, config.steps, config.warmup_steps)
     spec = config.spec
 
     def work(chunk):
         rows = []
         for name in chunk:
-            policy = None if name == "fp32" else mx.policy_for(*mx.POLICIES[name])
+            policy = None if name == "fp32" else training.policy_for(*mx.POLICIES[name])
             start = time.perf_counter()
-            params, curve = mx.train(spec, policy, mx.init_params(spec, config.seed), batches, lrs, val,
-                                     config.eval_every, 0.1, 1.0, desc=f"train {name}")
+            params, curve = training.train(spec, policy, training.init_params(spec, config.seed), batches, lrs,
+                                           val, config.eval_every, 0.1, 1.0, desc=f"train {name}")
             wall = time.perf_counter() - start
             if name == "fp32":
-                mx.save_params(out.file("fp32_params.npz"), params)
+                training.save_params(out.file("fp32_params.npz"), params)
             rows.append({"policy": name, "val_loss": curve[-1][2], "curve": curve, "wall_s": wall,
                          "tokens_per_s": config.steps * config.batch_size * config.seq_len / wall})
         return rows
 
     runs = out.sweep("training", ["fp32", config.train_policy], work, desc="train FP32 vs MX")
     fp32, mxr = runs
-    n_params = sum(int(x.size) for x in jax.tree.leaves(mx.init_params(spec, config.seed)))
+    n_params = sum(int(x.size) for x in jax.tree.leaves(training.init_params(spec, config.seed)))
     return {"corpus": data.name, "corpus_sha256": data.sha256, "python_version": data.python_version,
             "n_params": n_params, "tokens": config.steps * config.batch_size * config.seq_len,
             "policy": config.train_policy, "fp32_val_loss": fp32["val_loss"], "mx_val_loss": mxr["val_loss"],
@@ -212,7 +213,7 @@ def stage_helix(config: Config, out: ResultsDir) -> dict:
                          f"{jax.device_count()}: run through the CLI (8 emulated CPU devices) or set "
                          "jax_num_cpu_devices before JAX starts")
     spec = config.spec
-    params = mx.load_params(out.file("fp32_params.npz"), mx.init_params(spec, config.seed))
+    params = training.load_params(out.file("fp32_params.npz"), training.init_params(spec, config.seed))
     model = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: Transformer(spec, rngs=nnx.Rngs(0)))), params)
     _, windows = _data(config)
     idx = np.linspace(0, len(windows) - 1, config.decode_batch).round().astype(int)

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from experiments import mx_accuracy as mx
-from experiments import registry, results
+from experiments import registry, results, training
 from numerics import QuantPolicy, fake_quantize
 from parallel.model import Transformer
 from perfmodel.specs import ModelSpec
@@ -20,9 +20,9 @@ SPEC = ModelSpec(name="test-lm", n_layers=1, hidden=32, n_heads=2, n_kv_heads=1,
 
 @pytest.fixture(scope="module")
 def setup():
-    params = mx.init_params(SPEC, 0)
+    params = training.init_params(SPEC, 0)
     windows = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 17)), jnp.int32)
-    fp32 = jax.jit(jax.value_and_grad(mx._loss_fn(SPEC, None)))(params, windows)
+    fp32 = jax.jit(jax.value_and_grad(training._loss_fn(SPEC, None)))(params, windows)
     return params, windows, fp32
 
 
@@ -39,7 +39,7 @@ def test_fp32_policy_matches_unquantized_model_bit_for_bit(setup):
         return jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))(params, tokens)
 
     np.testing.assert_array_equal(np.asarray(logits(None)), np.asarray(logits(QuantPolicy())))
-    loss1, grads1 = jax.jit(jax.value_and_grad(mx._loss_fn(SPEC, QuantPolicy())))(params, windows)
+    loss1, grads1 = jax.jit(jax.value_and_grad(training._loss_fn(SPEC, QuantPolicy())))(params, windows)
     assert loss1 == loss0
     np.testing.assert_array_equal(np.asarray(_flat(grads1)), np.asarray(_flat(grads0)))
 
@@ -50,32 +50,32 @@ def test_weight_policy_equals_fp32_model_on_cast_weights(setup):
     fmt = "mxfp4_e2m1"
     cast = jax.tree_util.tree_map_with_path(
         lambda path, x: fake_quantize(x, fmt, axis=0) if "kernel" in jax.tree_util.keystr(path) else x, params)
-    reference = jax.jit(mx._loss_fn(SPEC, None))(cast, windows)
-    quantized = jax.jit(mx._loss_fn(SPEC, QuantPolicy(weights=fmt)))(params, windows)
+    reference = jax.jit(training._loss_fn(SPEC, None))(cast, windows)
+    quantized = jax.jit(training._loss_fn(SPEC, QuantPolicy(weights=fmt)))(params, windows)
     assert quantized == reference and quantized != loss0
 
 
 def test_mx_training_step_gives_finite_gradients_that_differ_from_fp32(setup):
     params, windows, (loss0, grads0) = setup
-    policy = mx.policy_for(*mx.POLICIES["mxfp6_e3m2"])
-    loss, grads = jax.jit(jax.value_and_grad(mx._loss_fn(SPEC, policy)))(params, windows)
+    policy = training.policy_for(*mx.POLICIES["mxfp6_e3m2"])
+    loss, grads = jax.jit(jax.value_and_grad(training._loss_fn(SPEC, policy)))(params, windows)
     g, g0 = _flat(grads), _flat(grads0)
     assert bool(jnp.isfinite(g).all()) and math.isfinite(float(loss))
     assert loss != loss0 and float(jnp.max(jnp.abs(g - g0))) > 0
     # the MX gradient still points the way FP32's does (cosine > 0.5)
     assert float(jnp.vdot(g, g0)) > 0.5 * float(jnp.linalg.norm(g) * jnp.linalg.norm(g0))
     # one AdamW step of the study's optimizer: finite, non-zero updates
-    tx = mx.adamw(weight_decay=0.1, grad_clip=1.0)
+    tx = training.adamw(weight_decay=0.1, grad_clip=1.0)
     updates, _ = tx.update(grads, tx.init(params), params)
     u = _flat(updates)
     assert bool(jnp.isfinite(u).all()) and float(jnp.max(jnp.abs(u))) > 0
 
 
 def test_mean_ci_against_t_table():
-    mean, ci = mx.mean_ci([1.0, 2.0, 3.0])
+    mean, ci = training.mean_ci([1.0, 2.0, 3.0])
     # source: Student-t table, t(0.975, df=2) = 4.302653; s = 1, n = 3
     assert mean == 2.0 and ci == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
-    assert mx.mean_ci([5.0]) == (5.0, None)
+    assert training.mean_ci([5.0]) == (5.0, None)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -142,7 +142,7 @@ def test_smoke_end_to_end_and_resume(tmp_path):
     rd, headline = registry.run_experiment("mx-accuracy", config, out=tmp_path / "run")
     _check_run(rd, config)
     # one compiled training step serves the FP32 pretraining and the FP32 finetuning (no recompilation)
-    assert mx.train_fn(config.spec, None, config.weight_decay, config.grad_clip)._cache_size() == 1
+    assert training.train_fn(config.spec, None, config.weight_decay, config.grad_clip)._cache_size() == 1
     stamp = {p.name: p.stat().st_mtime_ns for p in rd.path.glob("*.jsonl")}
     _, again = registry.run_experiment("mx-accuracy", config, out=tmp_path / "run")  # resumes: nothing to do
     assert {p.name: p.stat().st_mtime_ns for p in rd.path.glob("*.jsonl")} == stamp
