@@ -79,6 +79,9 @@ class Config:
       quick_plan: `perfmodel.measure`'s quick plan (fewer, smaller points).
       families: kernel families to measure (subset of `perfmodel.measure.FAMILIES`).
       rounds, min_round_s: timing rounds per point and seconds per round (None: the plan's default).
+      cpus: on a CPU backend, cores the measurement process is pinned to (`perfmodel.measure.pin_cpus`:
+        one pinned core times ~30× steadier than two free ones on a small VM); 0 measures in this
+        process, unpinned.
       loss, loss_scale, prior_weight, statistic, steps: `perfmodel.calibrate.fit` settings.
       holdout_fraction: share of each op class held out.
     """
@@ -91,6 +94,7 @@ class Config:
     families: tuple[str, ...] = measure.FAMILIES
     rounds: int | None = None
     min_round_s: float | None = None
+    cpus: int = 1
     loss: str = "huber"
     loss_scale: float = 0.1
     prior_weight: float = 1e-6
@@ -108,6 +112,8 @@ class Config:
             raise ValueError(f"statistic={self.statistic!r}; valid: {', '.join(cal.STATISTICS)}")
         if self.steps < 1 or (self.rounds is not None and self.rounds < 1):
             raise ValueError(f"steps={self.steps} and rounds={self.rounds} must be >= 1")
+        if self.cpus < 0:
+            raise ValueError(f"cpus={self.cpus} must be >= 0")
         if self.min_round_s is not None and not self.min_round_s >= 0:
             raise ValueError(f"min_round_s={self.min_round_s} must be >= 0")
         if not 0 < self.holdout_fraction < 1:
@@ -134,7 +140,7 @@ def measure_or_read(config: Config) -> measure.MeasurementSet:
         base = measure.QUICK_TIMING if config.quick_plan else measure.TimingConfig()
         overrides = {k: v for k, v in (("rounds", config.rounds), ("min_round_s", config.min_round_s)) if v is not None}
         timing = dataclasses.replace(base, seed=config.seed, **overrides)
-    return measure.run(quick=config.quick_plan, families=config.families, timing=timing)
+    return measure.measure_here(quick=config.quick_plan, families=config.families, timing=timing, cpus=config.cpus)
 
 
 def target_hardware(config: Config, mset: measure.MeasurementSet) -> HardwareSpec:

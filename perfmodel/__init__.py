@@ -68,7 +68,6 @@ from .measurements import Measurement as Measurement
 from .measurements import MeasurementSet as MeasurementSet
 from .measurements import read_csv as read_csv
 from .measurements import write_csv as write_csv
-from .measure import TimingConfig as TimingConfig
 from .importers import read_measurements as read_measurements
 from .importers import read_nccl_tests as read_nccl_tests
 from .calib_params import CalibParams as CalibParams

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from numerics.formats import FORMAT_NAMES
+
 from .measurements import SIZE_FIELDS, Measurement, itemsize
 
 SPLITS = ("random", "extrapolation")
@@ -30,13 +32,18 @@ def columns(rows: Sequence[Measurement]) -> dict[str, np.ndarray]:
 
     Returns:
       {field: float64 [len(rows)]} for every `measurements.SIZE_FIELDS` field, plus
-      `bytes_per_elem` from each row's dtype.
+      `bytes_per_elem` from each row's dtype and `format_index`, the row's `fmt` as an index into
+      `numerics.FORMAT_NAMES` (−1 for rows without a format).
 
     Raises:
-      ValueError: an unknown dtype name.
+      ValueError: an unknown dtype or format name.
     """
     cols = {f: np.array([getattr(r, f) for r in rows], np.float64) for f in SIZE_FIELDS}
     cols["bytes_per_elem"] = np.array([itemsize(r.dtype) for r in rows], np.float64)
+    unknown = sorted({r.fmt for r in rows if r.fmt and r.fmt not in FORMAT_NAMES})
+    if unknown:
+        raise ValueError(f"unknown formats {unknown} in the measurements; valid: {', '.join(FORMAT_NAMES)}")
+    cols["format_index"] = np.array([FORMAT_NAMES.index(r.fmt) if r.fmt else -1 for r in rows], np.float64)
     return cols
 
 

@@ -1,7 +1,7 @@
 """What calibration fits, and the cost model's prediction for measured rows.
 
-`CalibParams` is the cost model's `EfficiencyParams` plus per-precision logit offsets: a pytree
-optax updates directly. `cost_model_times` maps a measurement op class onto the `perfmodel.ops`
+`CalibParams` is the cost model's `EfficiencyParams` plus per-precision and per-format logit
+offsets: a pytree optax updates directly. `cost_model_times` maps a measurement op class onto the `perfmodel.ops`
 cost function that costs it, vectorized over the rows; `predict_rows` evaluates it for any rows.
 """
 
@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import ops
+from numerics.formats import FORMAT_NAMES
+
 from .calib_data import make_data
 from .efficiency import OP_CLASSES, EfficiencyParams, datasheet_params
 from .measurements import Measurement
@@ -49,24 +51,31 @@ def precision_index(bytes_per_elem) -> jax.Array:
 
 
 class CalibParams(NamedTuple):
-    """What calibration fits: the cost model's `EfficiencyParams` plus per-precision logit offsets.
+    """What calibration fits: the cost model's `EfficiencyParams` plus logit offsets.
 
     One compute efficiency per op class cannot serve two precisions whose peaks differ by more than
     their achieved rates do (this CPU: f32 GEMMs reach ~45% of the AVX-512 peak, bf16 ~15-20% of
-    the AMX peak). Row i of op class c at precision p therefore uses
+    the AMX peak), nor every block format's quantize kernel (measured here: NVFP4's fake_quantize
+    takes 2.2× MXFP8's time at equal bytes, a per-tensor FP8 cast 0.8×; XLA's FLOP counts do not
+    tell them apart). Row i of op class c at precision p, quantizing to format f, therefore uses
 
-        compute_logit[c] + precision_logit[c, p, 0],   memory_logit[c] + precision_logit[c, p, 1],
+        compute_logit[c] + precision_logit[c, p, 0] + format_logit[f, 0],
+        memory_logit[c] + precision_logit[c, p, 1] + format_logit[f, 1],
 
-    offsets that start (and are pulled by the prior) at 0, so an unmeasured precision inherits
-    the class's values. `efficiency_for(params, precision)` folds them into an `EfficiencyParams`.
+    (no format term for rows without a format), offsets that start (and are pulled by the prior)
+    at 0, so an unmeasured precision or format inherits the class's values.
+    `efficiency_for(params, precision)` folds the precision offsets into an `EfficiencyParams`; the
+    format offsets price `fake_quantize` kernels, which the step model does not cost.
 
     Attributes:
       efficiency: `perfmodel.efficiency.EfficiencyParams` (raw).
       precision_logit: [n_op_classes, len(PRECISIONS), 2] raw offsets (compute, memory).
+      format_logit: [len(numerics.FORMAT_NAMES), 2] raw offsets (compute, memory).
     """
 
     efficiency: EfficiencyParams
     precision_logit: jax.Array
+    format_logit: jax.Array
 
 
 def init_params(hardware: HardwareSpec, efficiency: float | None = None) -> CalibParams:
@@ -82,7 +91,8 @@ def init_params(hardware: HardwareSpec, efficiency: float | None = None) -> Cali
       `CalibParams`.
     """
     base = datasheet_params(hardware) if efficiency is None else datasheet_params(hardware, efficiency=efficiency)
-    return CalibParams(base, jnp.zeros((len(OP_CLASSES), len(PRECISIONS), 2), jnp.float32))
+    return CalibParams(base, jnp.zeros((len(OP_CLASSES), len(PRECISIONS), 2), jnp.float32),
+                       jnp.zeros((len(FORMAT_NAMES), 2), jnp.float32))
 
 
 def efficiency_for(params: CalibParams, precision: str) -> EfficiencyParams:
@@ -101,8 +111,9 @@ def efficiency_for(params: CalibParams, precision: str) -> EfficiencyParams:
                       memory_logit=e.memory_logit + params.precision_logit[:, p, 1])
 
 
-def _per_row(params, bytes_per_elem):
-    """EfficiencyParams whose compute/memory logits are [n_op_classes, n_rows]: each row its precision's.
+def _per_row(params, bytes_per_elem, format_index):
+    """EfficiencyParams whose compute/memory logits are [n_op_classes, n_rows]: each row its
+    precision's and format's offsets (format_index < 0: none).
 
     The cost functions index these leaves by op class only, so per-row columns broadcast against
     the row arrays.
@@ -110,9 +121,11 @@ def _per_row(params, bytes_per_elem):
     if not isinstance(params, CalibParams):
         return params
     p = precision_index(bytes_per_elem)
+    f = jnp.asarray(format_index, jnp.int32)
+    fmt = jnp.where((f >= 0)[:, None], params.format_logit[jnp.maximum(f, 0)], 0.0)  # [n_rows, 2]
     e = params.efficiency
-    return e._replace(compute_logit=e.compute_logit[:, None] + params.precision_logit[:, p, 0],
-                      memory_logit=e.memory_logit[:, None] + params.precision_logit[:, p, 1])
+    return e._replace(compute_logit=e.compute_logit[:, None] + params.precision_logit[:, p, 0] + fmt[None, :, 0],
+                      memory_logit=e.memory_logit[:, None] + params.precision_logit[:, p, 1] + fmt[None, :, 1])
 
 
 def cost_model_times(params, hardware: HardwareSpec, op: str, cols: Mapping[str, jax.Array]) -> jax.Array:
@@ -135,7 +148,7 @@ def cost_model_times(params, hardware: HardwareSpec, op: str, cols: Mapping[str,
       ValueError: an op class the cost model does not cost.
     """
     c = cols
-    eff = _per_row(params, c["bytes_per_elem"])
+    eff = _per_row(params, c["bytes_per_elem"], c["format_index"])
     if op == "gemm":
         return ops.gemm_time(eff, hardware, c["m"], c["n"], c["k"], c["bytes_per_elem"])
     if op == "decode_attention":

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import importers, measure
+from . import importers
 from .calib_data import SPLITS, STATISTICS, Data, make_data, split_mask
 from .calib_params import PredictFn, cost_model_times, init_params, predict_rows
 from .calib_report import FitReport, error_report
@@ -219,7 +219,8 @@ _DEVICE_PRESETS = (("GB200", "gb200-nvl72"), ("B200", "b200"), ("H200", "h200-sx
 def hardware_for(mset: MeasurementSet, name: str | None = None) -> HardwareSpec:
     """The `HardwareSpec` to fit against: a preset `name`, else by the measured device kind.
 
-    "cpu-local" (or a CPU backend) builds `cpu.cpu_local_spec` with the measured copy bandwidth.
+    "cpu-local" (or a CPU backend) builds `cpu.cpu_local_spec` with the measured copy bandwidth and
+    as many cores as the measurement ran on (env `cpu_affinity`; all of this machine's otherwise).
 
     Args:
       mset: the measurements; env gives backend, device kind and count.
@@ -239,7 +240,9 @@ def hardware_for(mset: MeasurementSet, name: str | None = None) -> HardwareSpec:
         if name is None:
             raise ValueError(f"no hardware preset for device_kind={kind!r}; pass --hardware NAME")
     if name is None or name == "cpu-local":
-        return cpu_local_spec(stream_copy_bandwidth(mset), n_devices=int(env.get("device_count", 8)))
+        pinned = env.get("cpu_affinity")  # the cores the measurement ran on (measure.pin_cpus)
+        return cpu_local_spec(stream_copy_bandwidth(mset), n_devices=int(env.get("device_count", 8)),
+                              cores=len(pinned) if pinned else None)
     return get_hardware(name)
 
 
@@ -277,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpu-devices", type=int, default=8, help="emulated CPU devices when measuring")
+    parser.add_argument("--cpus", type=int, default=1,
+                        help="CPU backend: cores the measurement process is pinned to (0: unpinned, in this process)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -286,8 +291,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sets = [importers.read_measurements(f) for f in args.measurements]
         mset = sets[0] if len(sets) == 1 else importers.concat(*sets)
     else:
+        from . import measure  # not at module level: `python -m perfmodel.measure` must find it unimported
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-        mset = measure.run(quick=args.quick, progress=not args.no_progress)
+        mset = measure.measure_here(quick=args.quick, cpus=args.cpus, cpu_devices=args.cpu_devices,
+                                    progress=not args.no_progress)
         write_csv(out / "measurements.csv", mset)
     hardware = hardware_for(mset, args.hardware)
     params, reports = calibrate(mset, hardware, loss=args.loss, loss_scale=args.loss_scale,

@@ -21,6 +21,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .cpu import cpu_model
 from .kernels import FAMILIES, Point, plan
-from .measurements import SCHEMA_VERSION, Measurement, MeasurementSet, write_csv
+from .measurements import SCHEMA_VERSION, Measurement, MeasurementSet, read_csv, write_csv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,9 @@ class TimingConfig:
       rounds: rounds per point; the order of points is reshuffled in every round.
       min_round_s: each round repeats a point until this much wall time has passed (≥ 1 call).
       warmup_calls: untimed calls after compilation.
+      round_warmup_calls: untimed calls at the start of each round: interleaving evicts the point's
+        caches (and on this CPU lets the AMX unit power down; pinned bf16 GEMMs had IQR/median up
+        to 1.0 without it), so a round times the point warm, as a serving loop runs it.
       noisy_threshold: flag a point when IQR/median over rounds exceeds this.
       memory_budget_bytes: inputs + outputs held at once; points are interleaved within groups
         that fit this budget.
@@ -55,12 +59,13 @@ class TimingConfig:
     rounds: int = 9
     min_round_s: float = 0.05
     warmup_calls: int = 2
+    round_warmup_calls: int = 1
     noisy_threshold: float = 0.1
     memory_budget_bytes: int = 1 << 30
     seed: int = 0
 
     def __post_init__(self):
-        if self.rounds < 1 or self.warmup_calls < 0 or self.memory_budget_bytes <= 0:
+        if self.rounds < 1 or min(self.warmup_calls, self.round_warmup_calls) < 0 or self.memory_budget_bytes <= 0:
             raise ValueError(f"bad TimingConfig {self}")
         if not (self.min_round_s >= 0 and self.noisy_threshold > 0):
             raise ValueError(f"bad TimingConfig {self}")
@@ -141,7 +146,8 @@ def time_points(points: Sequence[Point], config: TimingConfig = TimingConfig(),
 
     Points are shuffled (seeded) into memory-bounded groups; per group: inputs are built, every
     kernel is compiled (`jit(...).lower(...).compile()`, not timed) and warmed up; then
-    `config.rounds` rounds, each in a fresh random order, time every point with `time_round`.
+    `config.rounds` rounds, each in a fresh random order, time every point with `time_round` after
+    `config.round_warmup_calls` untimed calls.
     A point with `flops=None` gets the FLOPs of XLA's `cost_analysis()` of its compiled kernel.
 
     Args:
@@ -173,6 +179,8 @@ def time_points(points: Sequence[Point], config: TimingConfig = TimingConfig(),
             bar.update(1)
         for _ in range(config.rounds):
             for i in rng.permutation(group):
+                for _ in range(config.round_warmup_calls):
+                    jax.block_until_ready(calls[i]())
                 best, n = time_round(calls[i], config.min_round_s)
                 round_mins[i].append(best)
                 n_calls[i] += n
@@ -197,6 +205,37 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def _affinity() -> list[int] | None:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def pin_cpus(n: int) -> list[int]:
+    """Restrict this process, and every thread it starts from now on, to `n` of its allowed CPUs.
+
+    On a small shared VM the straggler of XLA:CPU's two-thread kernels makes timings bimodal: a
+    1024³ f32 GEMM measured over 30 calls had IQR/median 0.37-0.50 on 2 cores and 0.01 pinned to
+    one (measured on this 2-core VM). Call it before JAX starts its
+    backend (the thread pools inherit the mask then), as `main` does; the fitted `cpu-local` spec
+    then counts the pinned cores (`calibrate.hardware_for` reads `cpu_affinity` from the env).
+
+    Args:
+      n: cores to keep: the last n of the allowed set (core 0 takes most interrupts).
+
+    Returns:
+      The CPUs now allowed.
+
+    Raises:
+      ValueError: n < 1, more than the allowed CPUs, or an OS without CPU affinity.
+    """
+    allowed = _affinity()
+    if allowed is None:
+        raise ValueError("this OS has no CPU affinity (os.sched_setaffinity); measure without --cpus")
+    if not 1 <= n <= len(allowed):
+        raise ValueError(f"cpus={n} must lie in [1, {len(allowed)}] (the CPUs this process may use: {allowed})")
+    os.sched_setaffinity(0, allowed[-n:])
+    return _affinity()
+
+
 def _load_avg() -> list[float] | None:
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
@@ -215,7 +254,7 @@ def environment() -> dict:
         jax=jax.__version__, jaxlib=jaxlib.__version__, numpy=np.__version__,
         python=platform.python_version(), platform=platform.platform(),
         backend=jax.default_backend(), device_kind=devices[0].device_kind, device_count=len(devices),
-        cpu_model=cpu_model(), cpu_count=os.cpu_count(),
+        cpu_model=cpu_model(), cpu_count=os.cpu_count(), cpu_affinity=_affinity(),
         git_sha=_git("rev-parse", "HEAD"), git_dirty=bool(_git("status", "--porcelain", "--", "perfmodel")),
         load_avg=_load_avg(),
     )
@@ -253,6 +292,56 @@ def run(quick: bool = True, families: Sequence[str] = FAMILIES, timing: TimingCo
     return MeasurementSet(tuple(rows), env)
 
 
+def run_isolated(quick: bool = True, families: Sequence[str] = FAMILIES, timing: TimingConfig | None = None,
+                 cpus: int = 1, cpu_devices: int = 8, progress: bool = True) -> MeasurementSet:
+    """`run` in a fresh Python process pinned to `cpus` cores (`pin_cpus`), for a CPU backend.
+
+    The caller's JAX has already started its thread pools, so pinning has to happen in a new
+    process before its JAX starts: this runs `python -m perfmodel.measure --cpus N` and reads the
+    file it writes.
+
+    Args:
+      quick, families, timing, progress: as in `run` (timing default `default_timing(quick)`).
+      cpus: cores to pin the measurement to.
+      cpu_devices: emulated CPU devices of the child (for the collectives).
+
+    Returns:
+      The child's `MeasurementSet` (env `cpu_affinity` lists the pinned cores).
+
+    Raises:
+      ValueError: bad cpus (from the child), or RuntimeError naming the child's exit status and the
+        end of its stderr.
+    """
+    timing = default_timing(quick) if timing is None else timing
+    with tempfile.TemporaryDirectory(prefix="paretolab-measure-") as tmp:
+        out = pathlib.Path(tmp) / "measurements.csv"
+        cmd = [sys.executable, "-m", "perfmodel.measure", "--out", str(out), "--cpus", str(cpus),
+               "--cpu-devices", str(cpu_devices), "--families", *families, "--rounds", str(timing.rounds),
+               "--min-round-s", repr(timing.min_round_s), "--seed", str(timing.seed)]
+        cmd += ["--quick"] if quick else []
+        cmd += [] if progress else ["--no-progress"]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if progress else subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or "")[-2000:]
+            raise RuntimeError(f"measurement process {' '.join(cmd)} exited with {proc.returncode}: {tail}")
+        return read_csv(out)
+
+
+def measure_here(quick: bool = True, families: Sequence[str] = FAMILIES, timing: TimingConfig | None = None,
+                 cpus: int = 1, cpu_devices: int = 8, progress: bool = True) -> MeasurementSet:
+    """Measure this machine the steadiest way: on a CPU backend pinned to `cpus` cores in a child
+    process (`run_isolated`); on an accelerator, or with cpus=0, in this process (`run`).
+
+    Args: as in `run_isolated`.
+
+    Returns:
+      The `MeasurementSet`.
+    """
+    if cpus and jax.default_backend() == "cpu":
+        return run_isolated(quick, families, timing, cpus, cpu_devices, progress)
+    return run(quick, families, timing, progress)
+
+
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     """`python -m perfmodel.measure --out FILE [--quick]`: measure this machine, write the file."""
     parser = argparse.ArgumentParser(prog="python -m perfmodel.measure", description=__doc__.split("\n")[0])
@@ -264,8 +353,12 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     parser.add_argument("--rounds", type=int, help="rounds per point (default 7 quick, 9 full)")
     parser.add_argument("--min-round-s", type=float, help="minimum duration of a round (s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpus", type=int, help="pin the process to this many cores before JAX starts "
+                        "(steadier CPU timings; see pin_cpus)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.cpus is not None:
+        pin_cpus(args.cpus)
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     overrides = {k: v for k, v in (("rounds", args.rounds), ("min_round_s", args.min_round_s)) if v is not None}
     timing = dataclasses.replace(default_timing(args.quick), seed=args.seed, **overrides)

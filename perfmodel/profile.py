@@ -23,7 +23,7 @@ from .fileio import write_text_atomic
 from .specs import HardwareSpec, LinkLevel
 
 PROFILE_FORMAT = "paretolab-profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: CalibParams gained format_logit
 _TOP_LEVEL = ("format", "version", "hardware", "params", "physical", "report", "env")
 
 
@@ -45,7 +45,7 @@ def save_profile(path: str | os.PathLike, hardware: HardwareSpec, params,
                  report: FitReport | Mapping | None = None, env: Mapping | None = None):
     """Write a fitted profile as JSON, atomically: hardware spec, raw parameters, fit report, env.
 
-    Layout: {"format": "paretolab-profile", "version": 1, "hardware": {HardwareSpec fields, links as
+    Layout: {"format": "paretolab-profile", "version": 2, "hardware": {HardwareSpec fields, links as
     a list of LinkLevel dicts}, "params": {keystr(path): {"shape": [...], "value": nested lists}},
     "physical": {precision: constrained values} (for reading; ignored on load), "report": the
     FitReport (or a dict of them) or null, "env": the measurement environment or {}}.

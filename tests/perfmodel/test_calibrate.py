@@ -15,9 +15,11 @@ from perfmodel.calib_params import CalibParams
 from perfmodel.efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, constrain, unconstrain
 from perfmodel.measurements import Measurement, MeasurementSet
 from perfmodel.presets import get_hardware
+from numerics import FORMAT_NAMES
 
 H100 = get_hardware("h100-sxm")
 BF16, FP8 = calib_params.PRECISIONS.index("bf16"), calib_params.PRECISIONS.index("fp8")
+NVFP4 = FORMAT_NAMES.index("nvfp4")
 
 
 def _logit(p):
@@ -34,7 +36,8 @@ def _truth() -> CalibParams:
         link_alpha_s=e.link_alpha_s.at[1].set(3e-6), link_eff=e.link_eff.at[1].set(0.7),
     )
     offsets = jnp.zeros((5, len(calib_params.PRECISIONS), 2)).at[GEMM, FP8, 0].set(_logit(0.5) - _logit(0.7))
-    return CalibParams(unconstrain(phys), offsets)
+    formats = jnp.zeros((len(FORMAT_NAMES), 2)).at[NVFP4, 1].set(_logit(0.4) - _logit(0.85))
+    return CalibParams(unconstrain(phys), offsets, formats)
 
 
 def _synthetic_rows(params, noise=0.03, seed=0):
@@ -55,6 +58,9 @@ def _synthetic_rows(params, noise=0.03, seed=0):
     for e in (1 << p for p in range(10, 29, 2)):
         rows.append(dict(op="elementwise", kernel="multiply", dtype="float32", elements=e, bytes=12 * e, flops=e))
         rows.append(dict(op="copy", kernel="copy", dtype="bfloat16", elements=e, bytes=4 * e, flops=0))
+        for fmt in ("mxfp8_e4m3", "nvfp4"):
+            rows.append(dict(op="fake_quantize", kernel="fake_quantize", dtype="float32", fmt=fmt, elements=e,
+                             bytes=8 * e, flops=25 * e))
     for op in ("all_reduce", "all_gather", "all_to_all"):
         for nbytes in (1 << p for p in range(10, 31, 2)):
             rows.append(dict(op=op, kernel=op, dtype="float32", n_devices=8, bytes=nbytes))
@@ -84,6 +90,14 @@ def test_fit_recovers_known_parameters_within_5_percent(synthetic):
         for field, i in idx:
             w, g = float(getattr(want, field)[i]), float(getattr(got, field)[i])
             assert g == pytest.approx(w, rel=0.05), f"{precision} {field}[{i}]: fitted {g:.4g}, true {w:.4g}"
+    # NVFP4's quantize kernel streams at its own efficiency (class logit + format offset). Its FLOPs
+    # are proportional to its bytes, so only the time is identifiable, not the compute/memory split.
+    rows = [r for r in synthetic[1] if r.op == "fake_quantize"]
+    want = calib_params.predict_rows(truth, H100, rows)
+    got = calib_params.predict_rows(fitted, H100, rows)
+    nvfp4 = np.array([r.fmt == "nvfp4" for r in rows])
+    np.testing.assert_allclose(got, want, rtol=0.02)
+    assert want[nvfp4][-1] > 1.5 * want[~nvfp4][-1]  # the offset matters: at the largest size, > 1.5× the time
 
 
 def test_fit_report_on_synthetic_data(synthetic):
@@ -221,6 +235,20 @@ def test_cpu_local_spec_from_declared_isa():
     assert cpu.stream_copy_bandwidth(copies) == pytest.approx(8e9)
     with pytest.raises(ValueError, match="no copy rows"):
         cpu.stream_copy_bandwidth(copies[:0])
+    # A CPU measurement pinned to one core is fitted against a one-core spec (measure.pin_cpus).
+    env = {"backend": "cpu", "device_count": 8}
+    one = calibrate.hardware_for(MeasurementSet(tuple(copies), {**env, "cpu_affinity": [1]}))
+    assert one.flops_fp32 == cpu.cpu_local_spec(8e9, cores=1).flops_fp32
+    free = calibrate.hardware_for(MeasurementSet(tuple(copies), env))
+    assert free.flops_fp32 == cpu.cpu_local_spec(8e9).flops_fp32
+
+
+def test_format_columns_name_unknown_formats():
+    rows = [Measurement(op="fake_quantize", kernel="fake_quantize", dtype="float32", fmt=f, elements=1024,
+                        bytes=8192, median_s=1e-5, min_s=1e-5) for f in ("nvfp4", "mxfp9")]
+    assert calib_data.columns(rows[:1])["format_index"].tolist() == [FORMAT_NAMES.index("nvfp4")]
+    with pytest.raises(ValueError, match=r"unknown formats \['mxfp9'\]"):
+        calib_data.columns(rows)
 
 
 def test_profile_round_trip_and_strict_load(tmp_path, synthetic):
@@ -242,7 +270,7 @@ def test_profile_round_trip_and_strict_load(tmp_path, synthetic):
             profile.load_profile(bad)
 
     broken(lambda d: d.update(format="other"), "format is not 'paretolab-profile'")
-    broken(lambda d: d.update(version=2), "version=2; this reader knows 1")
+    broken(lambda d: d.update(version=1), "version=1; this reader knows 2")
     broken(lambda d: d.update(extra=1), r"unknown top-level keys \['extra'\]")
     broken(lambda d: d["hardware"].update(flops_fp64=1.0), r"hardware has unknown fields \['flops_fp64'\]")
     broken(lambda d: d["hardware"]["links"][1].pop("latency_s"), r"hardware.links\[1\] has .*missing \['latency_s'\]")

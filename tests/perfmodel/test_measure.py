@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +59,28 @@ def test_rounds_are_interleaved_in_a_fresh_order(monkeypatch):
     assert len({tuple(r) for r in rounds}) > 1, f"every round ran in the same order: {rounds}"
     assert [r.kernel for r in rows] == [f"k{c}" for c in range(6)]  # results come back in input order
     assert [r.median_s for r in rows] == pytest.approx([1e-3 * (1 + c) for c in range(6)])
+
+
+def test_each_round_warms_its_point_up_first(monkeypatch):
+    calls = []
+    monkeypatch.setattr(measure, "time_round", lambda call, min_s: (calls.append("timed"), (1e-3, 1))[1])
+    monkeypatch.setattr(measure.jax, "block_until_ready", lambda x: (calls.append("warm"), x)[1])
+    point = kernels.Point(fn=lambda x: x + 1, make_inputs=lambda rng: (jnp.zeros(1),), footprint_bytes=4,
+                          fields=dict(op="copy", kernel="k", dtype="float32", elements=1))
+    config = dataclasses.replace(FAST, rounds=2, warmup_calls=0, round_warmup_calls=2)
+    measure.time_points([point], config, progress=False)
+    assert calls == ["warm", "warm", "timed"] * 2
+
+
+def test_pinned_measurement_in_a_child_process():
+    with pytest.raises(ValueError, match=r"cpus=0 must lie in \[1, "):
+        measure.pin_cpus(0)
+    with pytest.raises(ValueError, match="cpus=4096 must lie in"):
+        measure.pin_cpus(4096)
+    timing = dataclasses.replace(FAST, rounds=1)
+    mset = measure.run_isolated(quick=True, families=["elementwise"], timing=timing, cpus=1, progress=False)
+    assert mset.env["cpu_affinity"] == sorted(os.sched_getaffinity(0))[-1:]  # the last allowed core
+    assert {r.op for r in mset.rows} == {"elementwise", "copy"} and all(r.n_rounds == 1 for r in mset.rows)
 
 
 def test_memory_budget_splits_points_into_groups():
