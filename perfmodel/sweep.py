@@ -136,10 +136,10 @@ _RUNNERS: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDicti
 
 
 def _runner(fn: Callable) -> Callable:
-    """jit(vmap(fn)), cached per function so repeated sweeps of one model never recompile."""
+    """jit(vmap(fn)) over the last axis, cached per function so repeated sweeps never recompile."""
     run = _RUNNERS.get(fn)
     if run is None:
-        run = _RUNNERS[fn] = jax.jit(jax.vmap(lambda *cols: fn(LayoutArrays(*cols))))
+        run = _RUNNERS[fn] = jax.jit(jax.vmap(lambda *cols: fn(LayoutArrays(*cols)), in_axes=-1))
     return run
 
 
@@ -148,10 +148,11 @@ def evaluate(fn: Callable, lay: LayoutArrays, *, chunk: int = 1 << 13, progress:
     """Evaluate `fn(LayoutArrays) -> pytree of arrays` over many design points.
 
     `fn` is vmapped and jitted once (cached per function object); the points go through it in
-    fixed-size chunks (the last one padded) on `workers` threads. Small chunks keep the model's
-    intermediates in cache, and XLA runs one chunk on one core, so the threads are what use every
-    core: on this 2-core CPU the full model runs several times faster than one vmap over millions
-    of points (benchmarks/bench_sweep.py measures both).
+    fixed-size chunks (the last one padded) on `workers` threads, written into preallocated
+    outputs. Small chunks keep the model's intermediates in cache, and a chunk's fields are passed
+    with the points on the last, contiguous axis ([..., chunk]): the compiled loops then read
+    every field at unit stride (a [chunk, 2] prefill/decode pair read as x[:, 0] is strided, about
+    a third slower). benchmarks/bench_sweep.py measures this against one vmap over all points.
 
     Args:
       fn: a jnp function of one design point (it is vmapped).
@@ -175,23 +176,34 @@ def evaluate(fn: Callable, lay: LayoutArrays, *, chunk: int = 1 << 13, progress:
     chunk = min(chunk, n)
     run = _runner(fn)
 
-    def one(start):
+    def inputs(start):
         part = [x[start:start + chunk] for x in leaves]
         keep = part[0].shape[0]
         if keep < chunk:
             part = [np.concatenate([x, np.repeat(x[-1:], chunk - keep, axis=0)]) for x in part]
-        return jax.tree.map(lambda y: np.asarray(y)[:keep], run(*part))
+        return [np.ascontiguousarray(np.moveaxis(x, 0, -1)) for x in part], keep
+
+    first, _ = inputs(0)
+    tree = jax.eval_shape(run, *first)  # outputs [chunk, ...] per leaf
+    out_leaves, treedef = jax.tree.flatten(tree)
+    outs = [np.empty((n, *o.shape[1:]), o.dtype) for o in out_leaves]
+
+    def one(start):
+        part, keep = inputs(start)
+        for dst, y in zip(outs, jax.tree.leaves(run(*part))):
+            dst[start:start + keep] = np.asarray(y)[:keep]
 
     starts = list(range(0, n, chunk))
     one(starts[0])  # compile once, before the threads start
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        results = pool.map(one, starts)
+        done = pool.map(one, starts[1:])
         if progress:
             from tqdm import tqdm
 
-            results = tqdm(results, total=len(starts), desc=desc, unit="chunk")
-        outs = list(results)
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+            done = tqdm(done, total=len(starts), initial=1, desc=desc, unit="chunk")
+        for _ in done:
+            pass
+    return jax.tree.unflatten(treedef, outs)
 
 
 def decode_sweep(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, **kw):
