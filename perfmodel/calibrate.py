@@ -33,7 +33,7 @@ import optax
 
 from . import importers
 from .calib_data import SPLITS, STATISTICS, Data, make_data, split_mask
-from .calib_params import PredictFn, cost_model_times, init_params, predict_rows
+from .calib_params import PredictFn, cost_model_times, init_params, predict_rows, start_params
 from .calib_report import FitReport, error_report
 from .cpu import cpu_local_spec, stream_copy_bandwidth
 from .measurements import Measurement, MeasurementSet, rows_of, write_csv
@@ -152,7 +152,7 @@ def fit(measurements: MeasurementSet | Sequence[Measurement], hardware: Hardware
     Args:
       measurements: measured rows (`MeasurementSet` or a sequence of `Measurement`).
       hardware: the `HardwareSpec` the model costs on (static).
-      params0: initial raw parameters; default `init_params(hardware, efficiency=0.5)` (see there).
+      params0: initial raw parameters; default `start_params(hardware, training rows)` (see there).
       predict: predict(params, hardware, op, cols) → seconds [n]; default `cost_model_times`.
       prior_params: θ⁰ of the prior; default `init_params(hardware)` (the datasheet roofline) with
         the default predict, else params0.
@@ -185,7 +185,7 @@ def fit(measurements: MeasurementSet | Sequence[Measurement], hardware: Hardware
         raise ValueError(f"no training rows ({len(rows)} rows, {int(held.sum())} held out)")
     if prior_params is None:
         prior_params = init_params(hardware) if predict is cost_model_times else params0
-    params0 = _float32(init_params(hardware, efficiency=0.5) if params0 is None else params0)
+    params0 = _float32(start_params(hardware, train) if params0 is None else params0)
     prior_params = _float32(prior_params)
     baseline_params = _float32(baseline_params) if baseline_params is not None else prior_params
     data, _ = make_data(rows, statistic=statistic, train=~held)

@@ -7,6 +7,8 @@
     compute_half_flops[c] = exp(compute_half_log[c])         > 0        FLOPs at half efficiency
     memory_eff[c]         = sigmoid(memory_logit[c])         ∈ (0, 1)   HBM-bandwidth fraction
     memory_half_bytes[c]  = exp(memory_half_log[c])          > 0        bytes at half efficiency
+    cache_bytes[c]        = exp(cache_log[c])                > 0        working set of the cache knee
+    cache_ratio[c]        = sigmoid(cache_logit[c])          ∈ (0, 1)   cache-resident / DRAM time per byte
     overhead_s[c]         = exp(overhead_log[c])             > 0        launch overhead per op
     link_alpha_s[l]       = exp(link_alpha_log[l])           > 0        latency per collective step
     link_eff[l]           = sigmoid(link_logit[l])           ∈ (0, 1)   link-bandwidth fraction
@@ -18,10 +20,19 @@ fit moves them by ratios.
 
 The efficiency curves over size s (FLOPs or bytes) are eff(s) = eff_max · s / (s + s_half), so an
 op's compute time is s / (peak · eff(s)) = (s + s_half) / (peak · eff_max): a fixed cost plus a
-linear one, the α–β form of a kernel (ops.py).
+linear one, the α–β form of a kernel (ops.py). A last-level cache makes the memory time per byte
+fall for small working sets instead: the memory time is multiplied by
+
+    1 − (1 − cache_ratio) · cache_bytes / (bytes + cache_bytes),
+
+cache_ratio for working sets well inside the cache, 1 well beyond it. Measured on this CPU: decode
+attention over a 4 MB cache streams 1.3× faster per byte than over 67 MB, and fake_quantize of
+4 MiB takes 1/4.2-1/5.3 of the time of 4× the elements; in one quick measurement of it, the held-out
+MAPE of kernels > 1 ms fell from 10.8% to 8.8% (random split) and from 14.2% to 10.6%
+(extrapolation split) with the term. On a GPU the fit finds the L2's share the same way.
 
 `datasheet_params(hw)` is the uncalibrated roofline prior: efficiencies 1 − 1e-4, half sizes of
-one FLOP / one byte, 1 ns launch overhead, the preset's link latencies, and power weights of a
+one FLOP / one byte, no cache effect (cache_ratio 1 − 1e-4), 1 ns launch overhead, the preset's link latencies, and power weights of a
 compute-dominated GPU. `params_to_dict` / `params_from_dict` round-trip through JSON.
 """
 
@@ -44,6 +55,7 @@ GEMM, GROUPED_GEMM, PREFILL_ATTENTION, DECODE_ATTENTION, ELEMENTWISE = range(len
 _FIELD_SIZES = {
     "compute_logit": len(OP_CLASSES), "compute_half_log": len(OP_CLASSES),
     "memory_logit": len(OP_CLASSES), "memory_half_log": len(OP_CLASSES),
+    "cache_log": len(OP_CLASSES), "cache_logit": len(OP_CLASSES),
     "overhead_log": len(OP_CLASSES),
     "link_alpha_log": len(LINK_LEVELS), "link_logit": len(LINK_LEVELS),
     "power_logit": len(POWER_COMPONENTS),
@@ -53,13 +65,15 @@ _FIELD_SIZES = {
 class EfficiencyParams(NamedTuple):
     """Unconstrained parameters (what a fitter updates); see the module docstring for the map.
 
-    Shapes: the first five fields [5] (one per op class), link fields [3], power_logit [3].
+    Shapes: the first seven fields [5] (one per op class), link fields [3], power_logit [3].
     """
 
     compute_logit: jax.Array
     compute_half_log: jax.Array
     memory_logit: jax.Array
     memory_half_log: jax.Array
+    cache_log: jax.Array
+    cache_logit: jax.Array
     overhead_log: jax.Array
     link_alpha_log: jax.Array
     link_logit: jax.Array
@@ -73,6 +87,8 @@ class Efficiency(NamedTuple):
     compute_half_flops: jax.Array
     memory_eff: jax.Array
     memory_half_bytes: jax.Array
+    cache_bytes: jax.Array
+    cache_ratio: jax.Array
     overhead_s: jax.Array
     link_alpha_s: jax.Array
     link_eff: jax.Array
@@ -92,6 +108,7 @@ def constrain(params: EfficiencyParams) -> Efficiency:
     return Efficiency(
         compute_eff=sig(params.compute_logit), compute_half_flops=exp(params.compute_half_log),
         memory_eff=sig(params.memory_logit), memory_half_bytes=exp(params.memory_half_log),
+        cache_bytes=exp(params.cache_log), cache_ratio=sig(params.cache_logit),
         overhead_s=exp(params.overhead_log), link_alpha_s=exp(params.link_alpha_log),
         link_eff=sig(params.link_logit), power_weight=sig(params.power_logit),
     )
@@ -111,7 +128,7 @@ def unconstrain(eff: Efficiency) -> EfficiencyParams:
     out = {}
     for name, value in eff._asdict().items():
         v = np.asarray(value, np.float64)
-        if name in ("compute_eff", "memory_eff", "link_eff", "power_weight"):
+        if name in ("compute_eff", "memory_eff", "cache_ratio", "link_eff", "power_weight"):
             if not np.all((v > 0) & (v < 1)):
                 raise ValueError(f"Efficiency.{name}={v.tolist()} must lie in (0, 1)")
         elif not np.all(v > 0) or not np.all(np.isfinite(v)):
@@ -120,6 +137,7 @@ def unconstrain(eff: Efficiency) -> EfficiencyParams:
     out = EfficiencyParams(
         compute_logit=_logit(e["compute_eff"]), compute_half_log=np.log(e["compute_half_flops"]),
         memory_logit=_logit(e["memory_eff"]), memory_half_log=np.log(e["memory_half_bytes"]),
+        cache_log=np.log(e["cache_bytes"]), cache_logit=_logit(e["cache_ratio"]),
         overhead_log=np.log(e["overhead_s"]), link_alpha_log=np.log(e["link_alpha_s"]),
         link_logit=_logit(e["link_eff"]), power_logit=_logit(e["power_weight"]),
     )
@@ -132,20 +150,21 @@ def unconstrain(eff: Efficiency) -> EfficiencyParams:
 _POWER_WEIGHTS = (0.55, 0.40, 0.05)
 
 
-def datasheet_params(hw: HardwareSpec, *, efficiency: float = 1.0 - 1e-4,
-                     overhead_s: float = 1e-9) -> EfficiencyParams:
+def datasheet_params(hw: HardwareSpec, *, efficiency: float = 1.0 - 1e-4, overhead_s: float = 1e-9,
+                     cache_ratio: float = 1.0 - 1e-4) -> EfficiencyParams:
     """The uncalibrated roofline prior for `hw`: the datasheet peaks, no fixed costs.
 
     Args:
       hw: the hardware; its link latencies become α.
       efficiency: compute, memory and link efficiency (≈ 1: the roofline itself).
       overhead_s: launch overhead per op (≈ 0).
+      cache_ratio: cache-resident over DRAM time per byte (≈ 1: no cache effect), knee at 1 MiB.
 
     Returns:
       `EfficiencyParams` (float32).
 
     Raises:
-      ValueError: efficiency outside (0, 1) or overhead_s ≤ 0.
+      ValueError: efficiency or cache_ratio outside (0, 1), or overhead_s ≤ 0.
 
     References:
       Williams et al., Roofline, CACM 2009.
@@ -154,11 +173,14 @@ def datasheet_params(hw: HardwareSpec, *, efficiency: float = 1.0 - 1e-4,
         raise ValueError(f"efficiency={efficiency} must lie in (0, 1)")
     if not overhead_s > 0:
         raise ValueError(f"overhead_s={overhead_s} must be positive")
+    if not 0.0 < cache_ratio < 1.0:
+        raise ValueError(f"cache_ratio={cache_ratio} must lie in (0, 1)")
     n, n_l = len(OP_CLASSES), len(LINK_LEVELS)
     alpha = [max(level.latency_s, 1e-12) for level in hw.links]
     return unconstrain(Efficiency(
         compute_eff=np.full(n, efficiency), compute_half_flops=np.ones(n),
         memory_eff=np.full(n, efficiency), memory_half_bytes=np.ones(n),
+        cache_bytes=np.full(n, float(1 << 20)), cache_ratio=np.full(n, cache_ratio),
         overhead_s=np.full(n, overhead_s), link_alpha_s=np.asarray(alpha),
         link_eff=np.full(n_l, efficiency), power_weight=np.asarray(_POWER_WEIGHTS),
     ))

@@ -28,6 +28,17 @@ def test_datasheet_gemm_is_the_roofline():
     assert t == pytest.approx((n * k + n + k) * 2.0 / 3.35e12, rel=RTOL_PRIOR)
 
 
+def test_cache_knee_closed_form():
+    # Memory time × (1 − (1 − ρ)·K / (bytes + K)): ρ well inside the cache, 1 far beyond, halfway at K.
+    e = constrain(P)
+    rho, k = 0.4, 32e6
+    eff = e._replace(cache_bytes=e.cache_bytes.at[0].set(k), cache_ratio=e.cache_ratio.at[0].set(rho))
+    inv_bw = 1.0 / H100.hbm_bandwidth_bytes_per_s
+    for nbytes, factor in ((k, 1 - (1 - rho) / 2), (1e3, rho), (1e12, 1.0)):
+        t = float(ops.roofline_time(eff, 0, 0.0, nbytes, 0.0, inv_bw))
+        assert t == pytest.approx((nbytes + 1.0) * inv_bw / (1 - 1e-4) * factor + 1e-9, rel=2e-4)
+
+
 def test_fp4_weights_use_the_fp4_peak_only_when_activations_are_fp4():
     big = 16384.0
     t_w4a4 = float(ops.gemm_time(datasheet_params(GB200), GB200, big, big, big, 0.5))
@@ -140,7 +151,8 @@ def _mid_params():
     e = constrain(P)
     return unconstrain(Efficiency(
         compute_eff=jnp.full(5, 0.6), compute_half_flops=jnp.full(5, 1e9), memory_eff=jnp.full(5, 0.7),
-        memory_half_bytes=jnp.full(5, 1e5), overhead_s=jnp.full(5, 5e-6), link_alpha_s=e.link_alpha_s * 2,
+        memory_half_bytes=jnp.full(5, 1e5), cache_bytes=jnp.full(5, 4e6), cache_ratio=jnp.full(5, 0.5),
+        overhead_s=jnp.full(5, 5e-6), link_alpha_s=e.link_alpha_s * 2,
         link_eff=jnp.full(3, 0.8), power_weight=e.power_weight,
     ))
 
