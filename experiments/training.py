@@ -69,6 +69,29 @@ def eval_fn(spec: ModelSpec, policy: QuantPolicy | None):
     return jax.jit(lambda params, windows: lax.map(lambda w: loss(params, w), windows).mean())
 
 
+@functools.lru_cache(maxsize=None)
+def cast_weights_fn(spec: ModelSpec, policy: QuantPolicy):
+    """Jitted cast(params) -> params with every projection kernel fake-quantized by `policy.weights`.
+
+    Kernels [in, out] are blocked along their input (contracting) axis, exactly as the policy's
+    `dot_general` quantizes its weight operand, so for a dense GQA model
+      eval_fn(spec, P(activations=a))(cast(params), val) == eval_fn(spec, P(weights=w, activations=a))(params, val)
+    bit for bit (tested): the direct cast of weights then needs no compile per format. One per (spec, policy).
+
+    Raises:
+      ValueError: the spec has MLA or MoE weights (quantized outside `nnx.Linear` kernels).
+    """
+    if spec.kv_lora_rank > 0 or spec.n_experts > 0:
+        raise ValueError(f"cast_weights_fn: {spec.name} has MLA/MoE weights (kv_lora_rank={spec.kv_lora_rank}, "
+                         f"n_experts={spec.n_experts}); only dense GQA models are supported")
+
+    def cast(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: policy.quantize_role("weights", x, axis=0) if "kernel" in jax.tree_util.keystr(path)
+            else x, params)
+    return jax.jit(cast)
+
+
 def adamw(weight_decay: float, grad_clip: float) -> optax.GradientTransformation:
     """AdamW without its learning rate (applied per step by `train`): u = −lr·(adam(clip(g)) + wd·w).
 

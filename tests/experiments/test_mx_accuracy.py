@@ -44,15 +44,22 @@ def test_fp32_policy_matches_unquantized_model_bit_for_bit(setup):
     np.testing.assert_array_equal(np.asarray(_flat(grads1)), np.asarray(_flat(grads0)))
 
 
-def test_weight_policy_equals_fp32_model_on_cast_weights(setup):
-    """Direct cast of weights = the FP32 model run on weights quantized along their input axis."""
+@pytest.mark.parametrize("fmt, rule", [("mxfp4_e2m1", "floor"), ("mxfp6_e3m2", "rceil"), ("nvfp4", None)])
+def test_weights_cast_outside_equal_the_weight_policy(setup, fmt, rule):
+    """Direct cast of weights = the model run on kernels quantized along their input axis (any activations)."""
     params, windows, (loss0, _) = setup
-    fmt = "mxfp4_e2m1"
     cast = jax.tree_util.tree_map_with_path(
-        lambda path, x: fake_quantize(x, fmt, axis=0) if "kernel" in jax.tree_util.keystr(path) else x, params)
+        lambda path, x: fake_quantize(x, fmt, axis=0, scale_rule=rule) if "kernel" in jax.tree_util.keystr(path) else x,
+        params)
+    cast_fn = training.cast_weights_fn(SPEC, QuantPolicy(weights=fmt, scale_rule=rule))
+    np.testing.assert_array_equal(np.asarray(_flat(cast_fn(params))), np.asarray(_flat(cast)))
     reference = jax.jit(training._loss_fn(SPEC, None))(cast, windows)
-    quantized = jax.jit(training._loss_fn(SPEC, QuantPolicy(weights=fmt)))(params, windows)
+    quantized = jax.jit(training._loss_fn(SPEC, QuantPolicy(weights=fmt, scale_rule=rule)))(params, windows)
     assert quantized == reference and quantized != loss0
+    # weights and activations: the activation policy on the cast weights, bit for bit
+    both = jax.jit(training._loss_fn(SPEC, QuantPolicy(weights=fmt, activations=fmt, scale_rule=rule)))(params, windows)
+    act = jax.jit(training._loss_fn(SPEC, QuantPolicy(activations=fmt, scale_rule=rule)))(cast, windows)
+    assert both == act and both != reference
 
 
 def test_mx_training_step_gives_finite_gradients_that_differ_from_fp32(setup):
