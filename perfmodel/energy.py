@@ -50,7 +50,7 @@ def step_power(hw: HardwareSpec, params, step: StepCost):
       watts per GPU.
     """
     del params  # the power weights were applied by the step (StepCost.weighted_busy_s)
-    u = step.weighted_busy_s / step.period_s
+    u = step.weighted_busy_s * (1.0 / step.period_s)  # the reciprocal serving.py shares (its docstring)
     return hw.idle_power_w + (hw.peak_power_w - hw.idle_power_w) * u + hw.host_power_w
 
 
@@ -65,7 +65,7 @@ def energy_per_token(hw: HardwareSpec, params, step: StepCost, tokens, gpus) -> 
       `Energy`.
     """
     p = step_power(hw, params, step)
-    j = p * gpus * step.period_s / tokens
+    j = p * gpus / (tokens * (1.0 / step.period_s))
     return Energy(p, j, 1.0 / j)
 
 

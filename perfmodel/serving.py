@@ -23,6 +23,11 @@ requests/s, and tokens/s/GPU = OSL · min(...) / (1 + α). The KV cache (ISL tok
 streams layer by layer from the prefill GPUs to the decode pool over the scale-out link (or the
 scale-up link when both pools share a domain): TTFT = max(TTFT_p, t_kv) + t_kv / L.
 Replica counts are continuous here (the fluid limit); perfmodel.search solves the integer ones.
+
+Every rate is derived from one reciprocal per step (tokens/s/user = 1/TTL, batches/s = 1/period):
+a step's cost is a chain of hundreds of elementwise ops, and XLA fuses such a chain into each
+consumer it feeds except a division, which it computes once and shares; multiplying by the
+reciprocal keeps a vectorized sweep from re-evaluating the step for every metric.
 """
 
 from __future__ import annotations
@@ -81,12 +86,13 @@ def colocated(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, isl
     ctx = isl + 0.5 * osl
     step = mixed_step(model, hw, params, lay, ctx, isl, osl, relaxed=relaxed) if step is None else step
     t = step.time_s
+    per_user = 1.0 / t
     b = round_up(lay.batch / pipeline_microbatches(lay), relaxed)
     p = b * isl / osl
-    ttft = jnp.maximum(1.0, isl / p) * t
+    ttft = jnp.maximum(1.0, isl / p) / per_user
     g = replica_gpus(lay)
     ok, _ = fits(model, hw, lay, ctx, tokens=b + jnp.minimum(p, isl), relaxed=relaxed)
-    return Serving(ttft, t, 1.0 / t, lay.batch / (t * g), jnp.zeros_like(t), g, ok)
+    return Serving(ttft, t, per_user, lay.batch * per_user / g, jnp.zeros_like(t), g, ok)
 
 
 def kv_cache_bytes(model: ModelSpec, tokens, kv_bits):
@@ -125,22 +131,23 @@ def disaggregated(model: ModelSpec, hw: HardwareSpec, params, prefill_lay: Layou
                  decode_step(model, hw, params, decode_lay, ctx, relaxed=relaxed))
     pf, dc = steps
     g_p, g_d = replica_gpus(prefill_lay), replica_gpus(decode_lay)
-    r_p = prefill_lay.batch / pf.period_s
-    r_d = decode_lay.batch / (dc.time_s * osl)
+    per_user = 1.0 / dc.time_s
+    r_p = prefill_lay.batch * (1.0 / pf.period_s)
+    r_d = decode_lay.batch * per_user / osl
     level = 2 if kv_level is None else kv_level
     kv_per_gpu = prefill_lay.batch * kv_cache_bytes(model, isl, prefill_lay.kv_bits) / g_p
     t_kv = ops.collective_time(pparams, phw, "send_recv", kv_per_gpu, 2.0, level=level)
     ttft = jnp.maximum(pf.time_s, t_kv) + t_kv / float(model.n_layers)
     if alpha is None:
         a = (r_d / r_p) * (g_p / g_d)
-        tps_gpu = decode_lay.batch / (dc.time_s * g_d * (1.0 + a))
+        tps_gpu = decode_lay.batch * per_user / (g_d * (1.0 + a))
     else:
         a = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), r_d.shape)
         tps_gpu = osl * jnp.minimum(a * r_p / g_p, r_d / g_d) / (1.0 + a)
     ok_p, _ = fits(model, phw, prefill_lay, isl, tokens=prefill_lay.batch * jnp.where(
         prefill_lay.chunk > 0, jnp.minimum(prefill_lay.chunk, isl), isl), relaxed=relaxed)
     ok_d, _ = fits(model, hw, decode_lay, ctx, relaxed=relaxed)
-    return Serving(ttft, dc.time_s, 1.0 / dc.time_s, tps_gpu, a, g_d, ok_p & ok_d)
+    return Serving(ttft, dc.time_s, per_user, tps_gpu, a, g_d, ok_p & ok_d)
 
 
 def sla_mask(s: Serving, ttft_limit_s=jnp.inf, ttl_limit_s=jnp.inf):
