@@ -61,8 +61,8 @@ from .step import stack_layouts as stack_layouts
 from .sweep import decode_sweep as decode_sweep
 from .sweep import enumerate_layouts as enumerate_layouts
 from .sweep import evaluate as evaluate
-from .step import LayerCost as LayerCost
-from .step import decode_layer_cost as decode_layer_cost
+from .layer import LayerCost as LayerCost
+from .layer import decode_layer_cost as decode_layer_cost
 from .comm import layer_collective_bytes as layer_collective_bytes
 from .measurements import Measurement as Measurement
 from .measurements import MeasurementSet as MeasurementSet

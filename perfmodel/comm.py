@@ -37,7 +37,8 @@ from .efficiency import datasheet_params
 from .ops import COLLECTIVES
 from .presets import get_hardware
 from .specs import Layout, ModelSpec
-from .step import decode_layer_cost, layout_arrays
+from .layer import decode_layer_cost
+from .step import layout_arrays
 
 # perfmodel's collective names and XLA's HLO opcodes (`parallel.hlo.KINDS`)
 XLA_KINDS = {"all_reduce": "all-reduce", "all_gather": "all-gather", "reduce_scatter": "reduce-scatter",

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .specs import HardwareSpec, ModelSpec
-from .step import LayoutArrays, exact_ceil, largest_stage, max1_relaxed, pipeline_microbatches, round_up
+from .layer import exact_ceil, max1_relaxed, pipeline_microbatches, round_up
+from .step import LayoutArrays, largest_stage
 
 
 def _bytes(bits):

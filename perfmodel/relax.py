@@ -54,7 +54,8 @@ from . import ops
 from .serving import colocated, kv_cache_bytes, replica_gpus
 from .specs import HardwareSpec, ModelSpec
 from .memory import fits
-from .step import LayoutArrays, decode_step, max1_relaxed, pipeline_microbatches, prefill_step, round_up
+from .layer import max1_relaxed, pipeline_microbatches, round_up
+from .step import LayoutArrays, decode_step, prefill_step
 
 if TYPE_CHECKING:  # annotations only: search.py imports this module, never the reverse at run time
     from .search import SearchSpace

@@ -41,7 +41,8 @@ import numpy as np
 from . import ops
 from .memory import fits
 from .specs import HardwareSpec, ModelSpec
-from .step import LayoutArrays, StepCost, decode_step, mixed_step, pipeline_microbatches, prefill_step, round_up
+from .layer import pipeline_microbatches, round_up
+from .step import LayoutArrays, StepCost, decode_step, mixed_step, prefill_step
 
 
 class Serving(NamedTuple):

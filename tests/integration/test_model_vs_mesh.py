@@ -20,7 +20,8 @@ from parallel import Transformer, collective_bytes, decoder_layer, export_weight
 from parallel.layer import cache_shapes
 from perfmodel import Layout, ModelSpec, datasheet_params, get_hardware, get_model
 from perfmodel.comm import XLA_KINDS, layer_collective_bytes
-from perfmodel.step import decode_layer_cost, make_layout_arrays
+from perfmodel.layer import decode_layer_cost
+from perfmodel.step import make_layout_arrays
 
 B, S, BLOCK = 8, 128, 4  # batch, cache slots, round-robin KV block
 FP32 = dict(weight_format="fp32", kv_format="fp32", act_format="fp32", comm_format="fp32")

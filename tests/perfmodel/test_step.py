@@ -12,10 +12,8 @@ from perfmodel import Layout, ModelSpec, datasheet_params, get_hardware, get_mod
 from perfmodel.efficiency import constrain, unconstrain
 from perfmodel.comm import layer_collective_bytes
 from perfmodel.memory import appendix_a_read_times, decode_read_bytes, fits, memory_footprint
-from perfmodel.step import (
-    decode_layer_cost, decode_step, expected_active_experts, hopb_time, layout_arrays, make_layout_arrays,
-    max1_relaxed, mixed_step, prefill_step,
-)
+from perfmodel.layer import decode_layer_cost, expected_active_experts, hopb_time, max1_relaxed
+from perfmodel.step import decode_step, layout_arrays, make_layout_arrays, mixed_step, prefill_step
 
 GB200 = get_hardware("gb200-nvl72")
 P = datasheet_params(GB200)
