@@ -2,7 +2,8 @@
 
 Four studies on the CPython corpus (`experiments.corpus`) with the flax nnx `parallel.model.Transformer`
 and `numerics.QuantPolicy` injected into every projection (attention score/value contractions, norms,
-softmax and residuals stay FP32; FP32 master weights and an FP32 AdamW):
+softmax and residuals stay FP32; FP32 master weights and an FP32 AdamW; training and evaluation
+functions in `experiments.training`):
 
 1. Direct cast: train an FP32 model, then evaluate it with weights, activations or both cast to each
    format (MX formats under the `floor` and `rceil` scale rules).
@@ -13,6 +14,13 @@ softmax and residuals stay FP32; FP32 master weights and an FP32 AdamW):
    (E3M2), MXFP4 weights + MXFP6 activations/gradients, all-MXFP4; gradients rounded to nearest
    even or stochastically.
 4. Several seeds: mean ± 95% t-interval, and paired differences to FP32 (same seed, same data).
+
+Deviation from the paper: its MX compute flow quantizes the inputs of every dot-product operator in
+the forward and backward passes, and its emulation library (microsoft/microxcaling, `mx.bmm` /
+`mx.matmul` for activation × activation products, injected for torch.matmul/bmm) covers the attention
+batched matmuls QKᵀ and PV as well. Here those two products stay FP32 (13% of the full-mode model's
+matmul FLOPs at 128-byte windows), so the measured gaps are likely somewhat smaller than the paper's
+compute flow would give.
 
 Losses are validation cross-entropy in nats/byte (bits/byte = nats/byte / ln 2). Every study is a
 resumable sweep: run again with the same --out to continue after an interruption.
@@ -37,7 +45,8 @@ from perfmodel.specs import ModelSpec
 from . import corpus as corpus_lib
 from . import plots
 from .results import ResultsDir
-from .training import cast_weights_fn, eval_fn, init_params, load_params, lr_schedule, mean_ci, policy_for, save_params, train
+from .training import (cast_weights_fn, eval_fn, init_params, load_params, lr_schedule, mean_ci, policy_for,
+                       save_params, train)
 
 # Training-from-scratch policies: (weights, activations, gradients).
 # source: arXiv 2310.10537 §7 (generative training: all-MXFP6 E3M2; MXFP4 weights + MXFP6 act/grad).
@@ -229,7 +238,8 @@ def _direct_cast(config, out, ref, val):
     def work(chunk):
         return [{"role": role, "format": fmt, "scale_rule": rule,
                  "val_loss": _cast_loss(config, ref, val, fmt, None if rule == "-" else rule,
-                                        weights=role in ("weights", "both"), activations=role in ("activations", "both"))}
+                                        weights=role in ("weights", "both"),
+                                        activations=role in ("activations", "both"))}
                 for role, fmt, rule in chunk]
 
     rows = out.sweep("direct_cast", items, work, key="/".join, desc="direct cast")
