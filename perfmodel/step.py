@@ -242,10 +242,13 @@ def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, 
     s = _Shape(None, None, lay.batch * c, lay.batch, pairs, kv)
     t = _pass(model, hw, eff, lay, s, lay.batch, head_count=1.0 / n_chunks, relaxed=relaxed,
               moe_dispatch=moe_dispatch)
-    stage = t.total() * largest_stage(model, lay, relaxed)
-    ttft = (n_chunks + lay.pp - 1.0) * stage
+    # A stage's time per prompt token of a chunk: TTFT = (isl + (pp − 1)·C)·that, the period isl·that.
+    # Both multiply this one quotient, which XLA computes once for all consumers (it never copies
+    # a division into them; serving.py's docstring), so a sweep evaluates the pass once.
+    per_token = t.total() * largest_stage(model, lay, relaxed) / c
+    ttft = (isl + (lay.pp - 1.0) * c) * per_token
     t.scale(n_chunks)
-    return _cost(t, ttft, n_chunks * stage, n_chunks / lay.pp)
+    return _cost(t, ttft, isl * per_token, n_chunks / lay.pp)
 
 
 def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, seq_len, isl, osl, *,

@@ -133,13 +133,18 @@ def enumerate_layouts(model: ModelSpec, *, max_gpus: int, batches: Sequence[int]
 
 
 _RUNNERS: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
+# Vector registers of the widest kind the CPU has (AVX-512: 16 floats; XLA CPU prefers 8 by
+# default, and a sweep is nothing but long elementwise chains). A preference, not a requirement:
+# CPUs without AVX-512 keep their widest; results do not depend on it.
+_CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 
 
 def _runner(fn: Callable) -> Callable:
     """jit(vmap(fn)) over the last axis, cached per function so repeated sweeps never recompile."""
     run = _RUNNERS.get(fn)
     if run is None:
-        run = _RUNNERS[fn] = jax.jit(jax.vmap(lambda *cols: fn(LayoutArrays(*cols)), in_axes=-1))
+        run = _RUNNERS[fn] = jax.jit(jax.vmap(lambda *cols: fn(LayoutArrays(*cols)), in_axes=-1),
+                                     compiler_options=_CPU_OPTIONS if jax.default_backend() == "cpu" else None)
     return run
 
 
