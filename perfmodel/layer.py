@@ -104,8 +104,9 @@ class _Tally:
         self.inv_bw = 1.0 / hw.hbm_bandwidth_bytes_per_s
         self.g = lay.kvp * lay.tpa  # one attention group
         self.nf = lay.tpf * lay.ep  # GPUs of the FFN
-        self.inv = {"tpa": 1.0 / lay.tpa, "kvp": 1.0 / lay.kvp, "d": 1.0 / lay.dp_attn, "g": 1.0 / self.g,
-                    "tpf": 1.0 / lay.tpf, "ep": 1.0 / lay.ep, "nf": 1.0 / self.nf, "mb": 1.0 / lay.microbatches}
+        inv = {k: 1.0 / getattr(lay, f) for k, f in (("tpa", "tpa"), ("kvp", "kvp"), ("d", "dp_attn"),
+                                                     ("tpf", "tpf"), ("ep", "ep"), ("mb", "microbatches"))}
+        self.inv = {**inv, "g": inv["kvp"] * inv["tpa"], "nf": inv["tpf"] * inv["ep"]}
         self.groups = {}
         z = jnp.zeros_like(lay.batch)
         self.parts = {"attention": z, "ffn": z, "comm": z, "other": z}
@@ -127,9 +128,13 @@ class _Tally:
         self.parts[part] = self.parts[part] + count * t
         return t
 
-    def group(self, name, n, level=None):
+    def group(self, name, n, inv_n=None, level=None):
+        """The `ops.Group` of n GPUs, built once per name; inv_n = 1/n when already at hand."""
         if name not in self.groups:
-            self.groups[name] = ops.group(self.eff, self.hw, n, level)
+            grp = ops.group(self.eff, self.hw, n, level)
+            if inv_n is not None:  # (n − 1)/n, 0 for n ≤ 1, without a second division
+                grp = grp._replace(frac=jnp.maximum(1.0 - inv_n, 0.0))
+            self.groups[name] = grp
         return self.groups[name]
 
     def coll_work(self, kind, nbytes, grp, count):
@@ -213,7 +218,7 @@ def _attention(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
         hsz = float(m.head_dim)
         t.op("attention", GEMM, ops.gemm_cost(ta, (qh + 2.0 * kvh) * hsz, h, ab, wb), count)
     v_out = float(m.v_dim)
-    kvp_group = t.group("kvp", lay.kvp)
+    kvp_group = t.group("kvp", lay.kvp, inv["kvp"])
     if s.dec_seqs is not None:
         bd = round_up(s.dec_seqs * inv["d"], t.relaxed)  # the largest group when d does not divide the batch
         per_mb = bd * inv["mb"]
@@ -250,14 +255,14 @@ def _attention(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
         t.op("attention", PREFILL_ATTENTION, cost, count, peak="attn")
         t.coll("all_to_all", (s.pf_tokens * inv["d"]) * qh * (v_out * cb + _LSE_BYTES), kvp_group, count)
     t.op("attention", GEMM, ops.gemm_cost(ta, h, q * inv["g"] * v_out, ab, wb), count)
-    t.coll("all_reduce", ta * h * cb, t.group("g", t.g), count)
+    t.coll("all_reduce", ta * h * cb, t.group("g", t.g, inv["g"]), count)
 
 
 def _dense_ffn(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
     wb, ab, cb = _bytes(lay.weight_bits), _bytes(lay.act_bits), _bytes(lay.comm_bits)
     h, f_local = float(m.hidden), float(m.ffn) * t.inv["nf"]
     tok = s.tokens
-    t.coll("all_gather", tok * h * cb, t.group("d", lay.dp_attn), count)
+    t.coll("all_gather", tok * h * cb, t.group("d", lay.dp_attn, t.inv["d"]), count)
     t.op("ffn", GEMM, ops.gemm_cost(tok, 2.0 * f_local, h, ab, wb), count)
     t.op("other", ELEMENTWISE, (3.0 * tok * f_local, 3.0 * tok * f_local * ab), count, peak="fp32")
     t.op("ffn", GEMM, ops.gemm_cost(tok, h, f_local, ab, wb), count)
@@ -265,8 +270,9 @@ def _dense_ffn(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
     # tpf·ep = N; tpf·ep ≤ N always): a reduce-scatter over those groups leaves each group the sum
     # for its own tokens, an all-reduce over the replica's tpf·ep/r GPUs in the group finishes it.
     r = jnp.maximum(t.nf * t.inv["g"], 1.0)
-    t.coll("reduce_scatter", tok * h * cb, t.group("r", r), count)
-    t.coll("all_reduce", tok / r * h * cb, t.group("nf/r", t.nf / r), count)
+    inv_r = jnp.minimum(t.g * t.inv["nf"], 1.0)
+    t.coll("reduce_scatter", tok * h * cb, t.group("r", r, inv_r), count)
+    t.coll("all_reduce", tok * inv_r * h * cb, t.group("nf/r", t.nf * inv_r, r * t.inv["nf"]), count)
 
 
 def hopb_time(compute_s, comm_s, n, overlap=1.0):
@@ -295,7 +301,7 @@ def _moe_ffn(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
     inv = t.inv
     tok = s.tokens
     ta = round_up(tok * inv["d"], t.relaxed)  # tokens of the largest attention group
-    d_group = t.group("d", lay.dp_attn)
+    d_group = t.group("d", lay.dp_attn, inv["d"])
     gather = t.moe_dispatch == "all_gather"
     if gather:  # every GPU receives (and routes) every token of the replica
         t.coll("all_gather", tok * h * cb, d_group, count)
@@ -318,7 +324,7 @@ def _moe_ffn(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
         t.coll("reduce_scatter", tok * h * cb, d_group, count)
     else:
         t.coll("all_to_all", dispatch, d_group, count)
-    t.coll("all_reduce", ta * h * cb, t.group("g", t.g), count)
+    t.coll("all_reduce", ta * h * cb, t.group("g", t.g, inv["g"]), count)
 
 
 def _layers(t: _Tally, model: ModelSpec, lay, s: _Shape, n_dense, n_moe):

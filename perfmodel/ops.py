@@ -299,13 +299,21 @@ def link_level(hw: HardwareSpec, n_devices):
 def group(eff: Efficiency, hw: HardwareSpec, n_devices, level=None) -> Group:
     """The `Group` of n devices (real-valued n allowed; n ≤ 1 makes every collective free)."""
     n = jnp.maximum(n_devices, 1.0)
-    lvl = link_level(hw, n_devices) if level is None else jnp.asarray(level)
+    if level is None:  # `link_level`, selecting the values directly (no level index in between)
+        inner, middle = n_devices <= hw.links[0].size, n_devices <= hw.links[1].size
+
+        def pick(values):
+            return jnp.where(inner, values[0], jnp.where(middle, values[1], values[2]))
+    else:
+        lvl = jnp.asarray(level)
+
+        def pick(values):
+            return _per_level(lvl, values)
     bw = [l.bandwidth_bytes_per_s for l in hw.links]
     return Group(
         log_n=jnp.log2(n), frac=1.0 - 1.0 / n, pair=jnp.clip(n_devices - 1.0, 0.0, 1.0),
-        alpha_s=_per_level(lvl, eff.link_alpha_s),
-        inv_bw=_per_level(lvl, [1.0 / (bw[i] * eff.link_eff[i]) for i in range(3)]),
-        inv_bw_peak=_per_level(lvl, [1.0 / b for b in bw]),
+        alpha_s=pick(eff.link_alpha_s), inv_bw=pick([1.0 / (bw[i] * eff.link_eff[i]) for i in range(3)]),
+        inv_bw_peak=pick([1.0 / b for b in bw]),
     )
 
 
