@@ -23,6 +23,7 @@ import concurrent.futures
 import itertools
 import math
 import os
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -132,32 +133,41 @@ def enumerate_layouts(model: ModelSpec, *, max_gpus: int, batches: Sequence[int]
     return LayoutArrays(*arr), np.asarray(fams)
 
 
-_RUNNERS: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
+_RUNNERS: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
 # Vector registers of the widest kind the CPU has (AVX-512: 16 floats; XLA CPU prefers 8 by
 # default, and a sweep is nothing but long elementwise chains). A preference, not a requirement:
 # CPUs without AVX-512 keep their widest; results do not depend on it.
 _CPU_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 
 
-def _runner(fn: Callable) -> Callable:
-    """jit(vmap(fn)) over the last axis, cached per function so repeated sweeps never recompile."""
-    run = _RUNNERS.get(fn)
-    if run is None:
-        run = _RUNNERS[fn] = jax.jit(jax.vmap(lambda *cols: fn(LayoutArrays(*cols)), in_axes=-1),
-                                     compiler_options=_CPU_OPTIONS if jax.default_backend() == "cpu" else None)
-    return run
+def _runner(fn: Callable, shapes: tuple) -> Callable:
+    """jit of vmap(fn) over a block [fields, chunk]: the rows are the LayoutArrays fields of
+    `shapes` (per point), the points are the last axis. Cached per function and field shapes, so
+    repeated sweeps never recompile."""
+    runs = _RUNNERS.setdefault(fn, {})
+    if shapes not in runs:
+        sizes = [math.prod(s) for s in shapes]
+        bounds = np.cumsum([0, *sizes]).tolist()
+
+        def block_fn(block):
+            cols = [block[a:b].reshape(*shape, block.shape[-1]) for a, b, shape in zip(bounds, bounds[1:], shapes)]
+            return jax.vmap(lambda *c: fn(LayoutArrays(*c)), in_axes=-1)(*cols)
+
+        runs[shapes] = jax.jit(block_fn, compiler_options=_CPU_OPTIONS if jax.default_backend() == "cpu" else None)
+    return runs[shapes]
 
 
 def evaluate(fn: Callable, lay: LayoutArrays, *, chunk: int = 1 << 13, progress: bool = False,
              desc: str = "sweep", workers: int | None = None):
     """Evaluate `fn(LayoutArrays) -> pytree of arrays` over many design points.
 
-    `fn` is vmapped and jitted once (cached per function object); the points go through it in
-    fixed-size chunks (the last one padded) on `workers` threads, written into preallocated
-    outputs. Small chunks keep the model's intermediates in cache, and a chunk's fields are passed
-    with the points on the last, contiguous axis ([..., chunk]): the compiled loops then read
-    every field at unit stride (a [chunk, 2] prefill/decode pair read as x[:, 0] is strided, about
-    a third slower). benchmarks/bench_sweep.py measures this against one vmap over all points.
+    `fn` is vmapped and jitted once (cached per function object and field shapes); the points go
+    through it in fixed-size chunks (the last one padded) on `workers` threads, written into
+    preallocated outputs. Small chunks keep the model's intermediates in cache. A chunk travels as
+    one [fields, chunk] block, copied into a buffer each thread reuses: one argument per call
+    instead of one per field, and every field read at unit stride by the compiled loops (a
+    [chunk, 2] prefill/decode pair read as x[:, 0] is strided, about a third slower).
+    benchmarks/bench_sweep.py measures this against one vmap over all points.
 
     Args:
       fn: a jnp function of one design point (it is vmapped).
@@ -179,24 +189,33 @@ def evaluate(fn: Callable, lay: LayoutArrays, *, chunk: int = 1 << 13, progress:
     if any(x.ndim < 1 or x.shape[0] != n for x in leaves):
         raise ValueError(f"LayoutArrays fields must all be [n, ...]; got shapes {[x.shape for x in leaves]}")
     chunk = min(chunk, n)
-    run = _runner(fn)
+    shapes = tuple(x.shape[1:] for x in leaves)
+    run = _runner(fn, shapes)
+    rows = [x.reshape(n, -1) for x in leaves]  # [n, size] views (a copy only for odd strides)
+    bounds = np.cumsum([0, *(r.shape[1] for r in rows)]).tolist()
+    buffers = threading.local()
 
-    def inputs(start):
-        part = [x[start:start + chunk] for x in leaves]
-        keep = part[0].shape[0]
-        if keep < chunk:
-            part = [np.concatenate([x, np.repeat(x[-1:], chunk - keep, axis=0)]) for x in part]
-        return [np.ascontiguousarray(np.moveaxis(x, 0, -1)) for x in part], keep
+    def block(start):
+        """The chunk at `start` as [fields, chunk] in this thread's buffer, padded with its last point."""
+        buf = getattr(buffers, "block", None)
+        if buf is None:  # 64-byte aligned: jax then reads it in place instead of copying it
+            raw = np.empty(bounds[-1] * chunk + 16, np.float32)
+            skip = (-raw.ctypes.data % 64) // 4
+            buf = buffers.block = raw[skip:skip + bounds[-1] * chunk].reshape(bounds[-1], chunk)
+        keep = min(chunk, n - start)
+        for r, a, b in zip(rows, bounds, bounds[1:]):
+            np.copyto(buf[a:b, :keep], r[start:start + keep].T)
+            if keep < chunk:
+                buf[a:b, keep:] = r[start + keep - 1][:, None]
+        return buf, keep
 
-    first, _ = inputs(0)
-    tree = jax.eval_shape(run, *first)  # outputs [chunk, ...] per leaf
-    out_leaves, treedef = jax.tree.flatten(tree)
+    out_leaves, treedef = jax.tree.flatten(jax.eval_shape(run, block(0)[0]))  # [chunk, ...] per leaf
     outs = [np.empty((n, *o.shape[1:]), o.dtype) for o in out_leaves]
 
     def one(start):
-        part, keep = inputs(start)
-        for dst, y in zip(outs, jax.tree.leaves(run(*part))):
-            dst[start:start + keep] = np.asarray(y)[:keep]
+        buf, keep = block(start)
+        for dst, y in zip(outs, jax.tree.leaves(run(buf))):
+            dst[start:start + keep] = np.asarray(y)[:keep]  # waits for the call: buf is free again
 
     starts = list(range(0, n, chunk))
     one(starts[0])  # compile once, before the threads start
