@@ -12,6 +12,7 @@ and a 10-op smooth roofline (the reference figure of NOTES.md). The last line is
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import time
@@ -28,6 +29,7 @@ from perfmodel.ops import smooth_max
 from perfmodel.sweep import evaluate
 
 ISL, OSL = 8192.0, 1024.0
+CHUNK = inspect.signature(evaluate).parameters["chunk"].default
 
 
 def random_points(model, n, seed=0):
@@ -122,7 +124,7 @@ def main():
         model = get_model(name)
         pps, pts = throughput(model, hw, params, n, args.rounds)
         print(f"{name}:")
-        print(f"  sweep.evaluate (8,192-point chunks, {os.cpu_count()} threads): {pps['chunked'] / 1e6:8.2f} M points/s")
+        print(f"  sweep.evaluate ({CHUNK:,}-point chunks, {os.cpu_count()} threads): {pps['chunked'] / 1e6:8.2f} M points/s")
         print(f"  one vmap over all points:                      {pps['flat'] / 1e6:8.2f} M points/s   "
               f"(evaluate / flat {pps['chunked'] / pps['flat']:.2f}×)")
         print(f"  10-op smooth roofline reference:               {pps['roofline10'] / 1e6:8.2f} M points/s   "

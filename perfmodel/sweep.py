@@ -1,13 +1,13 @@
 """Exhaustive sweeps: enumerate discrete layouts, evaluate them vectorized in chunks, classify.
 
     enumerate_layouts(model, *, max_gpus, batches, ...) -> (LayoutArrays of numpy, families)
-    evaluate(fn, lay, *, chunk=8192, progress=False) -> pytree of numpy arrays
+    evaluate(fn, lay, *, chunk=16384, progress=False) -> pytree of numpy arrays
     decode_sweep(model, hw, params, lay, seq_len, **kw) -> dict of numpy arrays
     FAMILIES, family names per layout
 
-`evaluate` jits `vmap(fn)` once and feeds it the design points in small fixed-size chunks (the
-last one padded) from one thread per core: the intermediates of a chunk stay in cache, several
-times faster on CPU than one vmap over millions of points.
+`evaluate` jits `vmap(fn)` once and feeds it the design points in fixed-size chunks (the last one
+padded) from one thread per core: a chunk's intermediates stay in cache and its memory is bounded,
+whatever the number of points (benchmarks/bench_sweep.py compares it with one vmap over all).
 
 Layout families (Helix, arXiv 2507.07120 §4 baselines):
     "tp"      KVP = 1, dp_attn = 1: attention TP over TPA = N (KV duplicated when N > K), FFN TP / TP×EP
@@ -157,7 +157,7 @@ def _runner(fn: Callable, shapes: tuple) -> Callable:
     return runs[shapes]
 
 
-def evaluate(fn: Callable, lay: LayoutArrays, *, chunk: int = 1 << 13, progress: bool = False,
+def evaluate(fn: Callable, lay: LayoutArrays, *, chunk: int = 1 << 14, progress: bool = False,
              desc: str = "sweep", workers: int | None = None):
     """Evaluate `fn(LayoutArrays) -> pytree of arrays` over many design points.
 
