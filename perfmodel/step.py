@@ -115,8 +115,7 @@ class StepCost(NamedTuple):
       (exposed communication in comm_s).
     flops, hbm_bytes, net_bytes: work per GPU per period.
     busy_compute_s, busy_memory_s, busy_link_s: that work at the datasheet peaks (for utilization).
-    weighted_busy_s: Σ_c power_weight[c] · busy_c, what the power model needs (energy.py); one
-      accumulator instead of three keeps a vectorized sweep with energy as fast as one without.
+    weighted_busy_s: Σ_c power_weight[c] · busy_c, what the power model needs (energy.py).
     """
 
     time_s: jax.Array

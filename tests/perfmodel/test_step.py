@@ -12,7 +12,7 @@ from perfmodel import Layout, ModelSpec, datasheet_params, get_hardware, get_mod
 from perfmodel.efficiency import constrain, unconstrain
 from perfmodel.comm import layer_collective_bytes
 from perfmodel.memory import appendix_a_read_times, decode_read_bytes, fits, memory_footprint
-from perfmodel.layer import decode_layer_cost, expected_active_experts, hopb_time, max1_relaxed
+from perfmodel.layer import _Tally, decode_layer_cost, expected_active_experts, hopb_time, max1_relaxed
 from perfmodel.step import decode_step, layout_arrays, make_layout_arrays, mixed_step, prefill_step
 
 GB200 = get_hardware("gb200-nvl72")
@@ -294,3 +294,36 @@ def test_check_grads_moe_and_overlap_pieces():
     check_grads(lambda c, m, n, o: hopb_time(c, m, n, o), tuple(map(jnp.float32, (2.0, 1.7, 5.5, 0.4))), order=1,
                 eps=1e-3, atol=1e-2, rtol=1e-2)
     check_grads(max1_relaxed, (jnp.float32(1.37),), order=1, eps=1e-3, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("chunk,pp", [(0.0, 1.0), (2048.0, 1.0), (2048.0, 3.0), (3000.0, 2.0)])
+def test_prefill_ttft_and_period_of_the_chunked_pipeline(chunk, pp):
+    """TTFT = (isl/C + pp − 1)·t_stage and period = (isl/C)·t_stage (arXiv 2506.05508 §2): their
+    ratio, and the period against the pass's own critical-path split (scaled to the period)."""
+    m = get_model("llama-3.1-70b")
+    lay = make_layout_arrays(tpa=8, tpf=8, pp=pp, batch=2, chunk=chunk, **FP4)
+    st = prefill_step(m, GB200, P, lay, 8192.0)
+    n = 8192.0 / (min(chunk, 8192.0) if chunk else 8192.0)
+    assert float(st.time_s / st.period_s) == pytest.approx((n + pp - 1.0) / n, rel=1e-6)
+    stage = -(-m.n_layers // pp) / m.n_layers  # layers of the largest stage
+    split = float(st.attention_s + st.ffn_s + st.comm_s + st.other_s)
+    assert float(st.period_s) == pytest.approx(split * stage, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [0.5, 1.0, 1.5, 2.0, 8.0, 72.0, 73.0, 4096.0])
+def test_groups_from_reciprocals_equal_ops_collectives(n):
+    """The tally's groups (fraction (n − 1)/n from 1/n at hand, level values selected directly)
+    cost every collective as `ops.collective_time`/`collective_traffic` do."""
+    eff = ops.as_efficiency(_mid_params())
+    lay = make_layout_arrays(batch=1.0)
+    t = _Tally(GB200, eff, lay)
+    grp = t.group("x", jnp.float32(n), 1.0 / jnp.float32(n))
+    for kind in ops.COLLECTIVES:
+        want_t = ops.collective_time(eff, GB200, kind, 1e6, n)
+        want_b = ops.collective_traffic(kind, 1e6, n)
+        assert float(ops.group_time(kind, 1e6, grp)) == pytest.approx(float(want_t), rel=1e-6, abs=1e-15)
+        assert float(ops.group_traffic(kind, 1e6, grp)) == pytest.approx(float(want_b), rel=1e-6, abs=1e-9)
+    lvl = ops.link_level(GB200, jnp.float32(n))  # the link level's values, as an explicit level gives them
+    explicit = ops.group(eff, GB200, jnp.float32(n), level=lvl)
+    assert (float(grp.alpha_s), float(grp.inv_bw), float(grp.inv_bw_peak)) == (
+        float(explicit.alpha_s), float(explicit.inv_bw), float(explicit.inv_bw_peak))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from perfmodel import Layout, datasheet_params, get_hardware, get_model
-from perfmodel.step import decode_step
+from perfmodel.step import LayoutArrays, decode_step
 from perfmodel.sweep import FAMILIES, decode_sweep, enumerate_layouts, evaluate
 
 HW = get_hardware("gb200-nvl72")
@@ -61,3 +61,27 @@ def test_decode_sweep_fields():
     assert set(r) == {"ttl_s", "tokens_per_s_per_user", "tokens_per_s_per_gpu", "fits", "mem_ratio", "comm_s"}
     np.testing.assert_allclose(r["tokens_per_s_per_user"] * r["ttl_s"], 1.0, rtol=1e-6)
     assert r["fits"].all()
+
+
+def test_evaluate_pairs_of_layouts_pads_the_last_chunk():
+    """[n, 2] fields read from a transposed view (what bench_sweep passes), a float and a bool
+    output, n not a multiple of the chunk: every point equals a plain vmap over the pairs."""
+    model = get_model("llama-3.1-8b")
+    lay, _ = enumerate_layouts(model, max_gpus=16, batches=[1, 3, 8, 33])
+    n = len(lay.tpa)
+    rng = np.random.default_rng(0)
+    swap = rng.permutation(n)
+    pairs = LayoutArrays(*(np.stack([np.asarray(x), np.asarray(x)[swap]]).T for x in lay))  # [n, 2] views
+
+    def fn(p):
+        pf, dc = LayoutArrays(*(x[0] for x in p)), LayoutArrays(*(x[1] for x in p))
+        t = decode_step(model, HW, P, dc, 4096.0).time_s + decode_step(model, HW, P, pf, 512.0).time_s
+        return {"t": t, "big": pf.batch > dc.batch}
+
+    got = evaluate(fn, pairs, chunk=1000, workers=2)
+    want = jax.jit(jax.vmap(fn))(jax.tree.map(np.asarray, pairs))
+    assert n % 1000 and got["big"].dtype == bool and got["t"].shape == (n,)
+    np.testing.assert_array_equal(got["big"], np.asarray(want["big"]))
+    np.testing.assert_allclose(got["t"], np.asarray(want["t"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="must all be"):
+        evaluate(fn, pairs._replace(tpa=pairs.tpa[:-1]))
