@@ -124,7 +124,8 @@ def main():
         model = get_model(name)
         pps, pts = throughput(model, hw, params, n, args.rounds)
         print(f"{name}:")
-        print(f"  sweep.evaluate ({CHUNK:,}-point chunks, {os.cpu_count()} threads): {pps['chunked'] / 1e6:8.2f} M points/s")
+        print(f"  sweep.evaluate ({CHUNK:,}-point chunks, {os.cpu_count()} threads):"
+              f"{pps['chunked'] / 1e6:8.2f} M points/s")
         print(f"  one vmap over all points:                      {pps['flat'] / 1e6:8.2f} M points/s   "
               f"(evaluate / flat {pps['chunked'] / pps['flat']:.2f}×)")
         print(f"  10-op smooth roofline reference:               {pps['roofline10'] / 1e6:8.2f} M points/s   "

@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import jax
 
-from .ops import as_efficiency
 from .serving import Serving, replica_gpus
 from .specs import HardwareSpec
 from .step import LayoutArrays, StepCost
