@@ -9,7 +9,8 @@ the degrees and the efficiency parameters. API:
                                                    one decoder layer of decode_step, with bytes per collective
     hopb_time(compute_s, comm_s, n, overlap) -> seconds            HOP-B micro-batch overlap
     expected_active_experts(n_experts, top_k, tokens) -> experts that receive a token
-    exact_ceil, round_up, max1_relaxed, pipeline_microbatches      the layouts' integer roundings
+    exact_ceil, round_up, max1_relaxed        the layouts' integer roundings (and their relaxations)
+    pipeline_microbatches(lay) -> min(pp, batch)                  decode micro-batches in flight
 
 Layer dataflow on the N = dp_attn·kvp·tpa GPUs of one pipeline stage (Helix, arXiv 2507.07120 §2;
 G = kvp·tpa is one attention group, T tokens per replica, T_a = T / dp_attn per group):
