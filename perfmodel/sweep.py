@@ -111,7 +111,7 @@ def enumerate_layouts(model: ModelSpec, *, max_gpus: int, batches: Sequence[int]
             if kvp > 1 and not model.is_moe and tpa < n:
                 ffns.append((tpa, 1, "medha"))
             for (tpf, ep, fam), b in itertools.product(ffns, batches):
-                in_flight = min(pp, b)  # pipeline micro-batches (step.pipeline_microbatches)
+                in_flight = min(pp, b)  # pipeline micro-batches (layer.pipeline_microbatches)
                 if fam not in families or b < d:
                     continue
                 per_group = -(-b // (in_flight * d))  # requests of the largest group per pipeline pass
