@@ -19,7 +19,7 @@ from . import ops
 from numerics.formats import FORMAT_NAMES
 
 from .calib_data import make_data
-from .efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, OP_CLASSES, EfficiencyParams, datasheet_params
+from .efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, OP_CLASSES, QUANTIZE, EfficiencyParams, datasheet_params
 from .measurements import Measurement
 from .specs import HardwareSpec
 
@@ -29,13 +29,13 @@ PredictFn = Callable[[object, object, str, Mapping[str, jax.Array]], jax.Array]
 # Measurement op class → the cost function that costs it (perfmodel.ops).
 MODEL_OF_OP = {
     "gemm": "gemm_time", "decode_attention": "decode_attention_time", "elementwise": "elementwise_time",
-    "copy": "elementwise_time", "fake_quantize": "elementwise_time", "all_reduce": "collective_time",
+    "copy": "elementwise_time", "fake_quantize": "quantize_time", "all_reduce": "collective_time",
     "all_gather": "collective_time", "reduce_scatter": "collective_time", "all_to_all": "collective_time",
     "send_recv": "collective_time",
 }
 # Measurement op class → the cost model's op class (`efficiency.OP_CLASSES`) whose parameters price it.
 OP_CLASS_OF_OP = {"gemm": GEMM, "decode_attention": DECODE_ATTENTION, "elementwise": ELEMENTWISE,
-                  "copy": ELEMENTWISE, "fake_quantize": ELEMENTWISE}
+                  "copy": ELEMENTWISE, "fake_quantize": QUANTIZE}
 # Compute precisions, as `HardwareSpec.peak_flops` picks its peak: ≤ 4.5, ≤ 8.25, ≤ 16 bits, else FP32.
 PRECISIONS = ("fp4", "fp8", "bf16", "fp32")
 
@@ -165,8 +165,8 @@ def cost_model_times(params, hardware: HardwareSpec, op: str, cols: Mapping[str,
     """The cost model's time for every row of one op class: a thin, vectorized map onto perfmodel.ops.
 
     gemm → `gemm_time(m, n, k, bytes_per_elem)`; decode_attention → `decode_attention_time(batch,
-    seq, heads, kv_heads, head_dim, head_dim, bytes_per_elem)`; elementwise, copy, fake_quantize →
-    `elementwise_time(bytes, flops)`; collectives → `collective_time(op, bytes, n_devices)`.
+    seq, heads, kv_heads, head_dim, head_dim, bytes_per_elem)`; elementwise, copy →
+    `elementwise_time(bytes, flops)`; fake_quantize → `quantize_time(bytes, flops)`; collectives → `collective_time(op, bytes, n_devices)`.
 
     Args:
       params: `CalibParams`, or `EfficiencyParams` / `Efficiency` (no precision offsets).
@@ -187,8 +187,10 @@ def cost_model_times(params, hardware: HardwareSpec, op: str, cols: Mapping[str,
     if op == "decode_attention":
         return ops.decode_attention_time(eff, hardware, c["batch"], c["seq"], c["heads"], c["kv_heads"],
                                          c["head_dim"], c["head_dim"], c["bytes_per_elem"])
-    if op in ("elementwise", "copy", "fake_quantize"):
+    if op in ("elementwise", "copy"):
         return ops.elementwise_time(eff, hardware, c["bytes"], c["flops"])
+    if op == "fake_quantize":
+        return ops.quantize_time(eff, hardware, c["bytes"], c["flops"])
     if op in MODEL_OF_OP:
         return ops.collective_time(eff, hardware, op, c["bytes"], c["n_devices"])
     raise ValueError(f"op={op!r} has no cost function; known: {sorted(MODEL_OF_OP)}")

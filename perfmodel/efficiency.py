@@ -46,11 +46,14 @@ import numpy as np
 
 from .specs import HardwareSpec
 
-OP_CLASSES = ("gemm", "grouped_gemm", "prefill_attention", "decode_attention", "elementwise")
+# quantize: casting a tensor to a block format (numerics.fake_quantize; a block max, a scale and a
+# rounding per element), priced apart from plain elementwise ops: on this CPU it runs 1.2-10× the
+# time of a copy of the same bytes, and its cost curve over size is its own.
+OP_CLASSES = ("gemm", "grouped_gemm", "prefill_attention", "decode_attention", "elementwise", "quantize")
 LINK_LEVELS = ("die-to-die", "scale-up", "scale-out")
 POWER_COMPONENTS = ("compute", "memory", "link")
 
-GEMM, GROUPED_GEMM, PREFILL_ATTENTION, DECODE_ATTENTION, ELEMENTWISE = range(len(OP_CLASSES))
+GEMM, GROUPED_GEMM, PREFILL_ATTENTION, DECODE_ATTENTION, ELEMENTWISE, QUANTIZE = range(len(OP_CLASSES))
 
 _FIELD_SIZES = {
     "compute_logit": len(OP_CLASSES), "compute_half_log": len(OP_CLASSES),
@@ -65,7 +68,7 @@ _FIELD_SIZES = {
 class EfficiencyParams(NamedTuple):
     """Unconstrained parameters (what a fitter updates); see the module docstring for the map.
 
-    Shapes: the first seven fields [5] (one per op class), link fields [3], power_logit [3].
+    Shapes: the first seven fields [6] (one per op class), link fields [3], power_logit [3].
     """
 
     compute_logit: jax.Array

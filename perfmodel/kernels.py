@@ -296,7 +296,7 @@ class _Sizes:
 # Accelerators get sizes ~1000× larger so that their kernels too run longer than 1 ms.
 _PLANS = {
     ("cpu", True): _Sizes((128, 2048), 20, 12, 128 << 20, 16384, (1 << 12, 1 << 22, 2),
-                          (1 << 18, 1 << 20, 1 << 22), (1 << 12, 1 << 16, 1 << 20, 1 << 22)),
+                          tuple(log2_grid(1 << 18, 1 << 22)), (1 << 12, 1 << 16, 1 << 20, 1 << 22)),
     ("cpu", False): _Sizes((16, 4096), 60, 40, 512 << 20, 65536, (1 << 12, 1 << 24, 1),
                            (1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), tuple(log2_grid(1 << 10, 1 << 26))),
     ("accelerator", True): _Sizes((512, 16384), 20, 12, 8 << 30, 131072, (1 << 16, 1 << 28, 2),

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from .efficiency import (
-    DECODE_ATTENTION, ELEMENTWISE, GEMM, GROUPED_GEMM, OP_CLASSES, PREFILL_ATTENTION,
+    DECODE_ATTENTION, ELEMENTWISE, GEMM, GROUPED_GEMM, OP_CLASSES, PREFILL_ATTENTION, QUANTIZE,
     Efficiency, EfficiencyParams, constrain,
 )
 from .specs import HardwareSpec
@@ -260,7 +260,7 @@ def prefill_attention_time(params, hw: HardwareSpec, seqs, q_len, kv_len, n_head
 
 
 def elementwise_time(params, hw: HardwareSpec, bytes, flops=0.0):
-    """Time of a memory-bound elementwise op (norm, activation, residual add, copy, quantize).
+    """Time of a memory-bound elementwise op (norm, activation, residual add, copy).
 
     Args:
       bytes: HBM bytes read plus written.
@@ -271,6 +271,20 @@ def elementwise_time(params, hw: HardwareSpec, bytes, flops=0.0):
     """
     eff = as_efficiency(params)
     return op_time(eff, ELEMENTWISE, flops, bytes, hw.flops_fp32, hw.hbm_bandwidth_bytes_per_s)
+
+
+def quantize_time(params, hw: HardwareSpec, bytes, flops):
+    """Time of casting a tensor to a block format (`numerics.fake_quantize`): its own op class.
+
+    Args:
+      bytes: HBM bytes read plus written.
+      flops: arithmetic (block max, scale, rounding), at the FP32 rate of `hw`.
+
+    Returns:
+      seconds.
+    """
+    eff = as_efficiency(params)
+    return op_time(eff, QUANTIZE, flops, bytes, hw.flops_fp32, hw.hbm_bandwidth_bytes_per_s)
 
 
 # --------------------------------------------------------------------------------------- collectives
@@ -393,5 +407,5 @@ __all__ = [
     "collective_time", "collective_traffic", "decode_attention_cost", "decode_attention_time",
     "elementwise_time", "gemm_cost", "gemm_time", "group", "group_steps", "group_time", "group_traffic",
     "grouped_gemm_cost", "grouped_gemm_time", "kv_elems_per_token", "link_level", "op_time",
-    "prefill_attention_cost", "prefill_attention_time", "roofline_time", "smooth_max",
+    "prefill_attention_cost", "prefill_attention_time", "quantize_time", "roofline_time", "smooth_max",
 ]

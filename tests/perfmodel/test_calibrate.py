@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 from perfmodel import calib_data, calib_params, calib_report, calibrate, cpu, efficiency, kernels, measurements, ops, profile
 from perfmodel.calib_params import CalibParams
-from perfmodel.efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, constrain, unconstrain
+from perfmodel.efficiency import DECODE_ATTENTION, ELEMENTWISE, GEMM, QUANTIZE, constrain, unconstrain
 from perfmodel.measurements import Measurement, MeasurementSet
 from perfmodel.presets import get_hardware
 from numerics import FORMAT_NAMES
@@ -31,11 +31,13 @@ def _truth() -> CalibParams:
     e = constrain(efficiency.datasheet_params(H100))
     phys = e._replace(
         compute_eff=e.compute_eff.at[GEMM].set(0.7).at[DECODE_ATTENTION].set(0.5),
-        memory_eff=e.memory_eff.at[GEMM].set(0.8).at[DECODE_ATTENTION].set(0.75).at[ELEMENTWISE].set(0.85),
-        overhead_s=e.overhead_s.at[GEMM].set(6e-6).at[DECODE_ATTENTION].set(4e-6).at[ELEMENTWISE].set(3e-6),
+        memory_eff=e.memory_eff.at[GEMM].set(0.8).at[DECODE_ATTENTION].set(0.75).at[ELEMENTWISE].set(0.85)
+        .at[QUANTIZE].set(0.85),
+        overhead_s=e.overhead_s.at[GEMM].set(6e-6).at[DECODE_ATTENTION].set(4e-6).at[ELEMENTWISE].set(3e-6)
+        .at[QUANTIZE].set(5e-6),
         link_alpha_s=e.link_alpha_s.at[1].set(3e-6), link_eff=e.link_eff.at[1].set(0.7),
     )
-    offsets = jnp.zeros((5, len(calib_params.PRECISIONS), 2)).at[GEMM, FP8, 0].set(_logit(0.5) - _logit(0.7))
+    offsets = jnp.zeros((6, len(calib_params.PRECISIONS), 2)).at[GEMM, FP8, 0].set(_logit(0.5) - _logit(0.7))
     formats = jnp.zeros((len(FORMAT_NAMES), 2)).at[NVFP4, 1].set(_logit(0.4) - _logit(0.85))
     return CalibParams(unconstrain(phys), offsets, formats)
 
@@ -90,7 +92,7 @@ def test_fit_recovers_known_parameters_within_5_percent(synthetic):
         for field, i in idx:
             w, g = float(getattr(want, field)[i]), float(getattr(got, field)[i])
             assert g == pytest.approx(w, rel=0.05), f"{precision} {field}[{i}]: fitted {g:.4g}, true {w:.4g}"
-    # NVFP4's quantize kernel streams at its own efficiency (class logit + format offset). Its FLOPs
+    # NVFP4's quantize kernel streams at its own efficiency (quantize class + format offset). Its FLOPs
     # are proportional to its bytes, so only the time is identifiable, not the compute/memory split.
     rows = [r for r in synthetic[1] if r.op == "fake_quantize"]
     want = calib_params.predict_rows(truth, H100, rows)

@@ -139,7 +139,7 @@ def test_params_from_dict_rejects_malformed(bad):
 
 
 def test_unconstrain_rejects_out_of_range():
-    e = constrain(P)._replace(compute_eff=jnp.full(5, 1.5))
+    e = constrain(P)._replace(compute_eff=jnp.full(6, 1.5))
     with pytest.raises(ValueError, match="compute_eff"):
         unconstrain(e)
     with pytest.raises(ValueError, match="efficiency"):
@@ -150,9 +150,9 @@ def _mid_params():
     # away from saturation, so finite differences see every parameter
     e = constrain(P)
     return unconstrain(Efficiency(
-        compute_eff=jnp.full(5, 0.6), compute_half_flops=jnp.full(5, 1e9), memory_eff=jnp.full(5, 0.7),
-        memory_half_bytes=jnp.full(5, 1e5), cache_bytes=jnp.full(5, 4e6), cache_ratio=jnp.full(5, 0.5),
-        overhead_s=jnp.full(5, 5e-6), link_alpha_s=e.link_alpha_s * 2,
+        compute_eff=jnp.full(6, 0.6), compute_half_flops=jnp.full(6, 1e9), memory_eff=jnp.full(6, 0.7),
+        memory_half_bytes=jnp.full(6, 1e5), cache_bytes=jnp.full(6, 4e6), cache_ratio=jnp.full(6, 0.5),
+        overhead_s=jnp.full(6, 5e-6), link_alpha_s=e.link_alpha_s * 2,
         link_eff=jnp.full(3, 0.8), power_weight=e.power_weight,
     ))
 

@@ -240,9 +240,9 @@ def _relaxed(model, degrees, seq):
 
 def _mid_params():
     e = constrain(P)
-    return unconstrain(e._replace(compute_eff=jnp.full(5, 0.6), memory_eff=jnp.full(5, 0.7),
-                                  compute_half_flops=jnp.full(5, 1e8), memory_half_bytes=jnp.full(5, 1e5),
-                                  overhead_s=jnp.full(5, 3e-6), link_eff=jnp.full(3, 0.8)))
+    return unconstrain(e._replace(compute_eff=jnp.full(6, 0.6), memory_eff=jnp.full(6, 0.7),
+                                  compute_half_flops=jnp.full(6, 1e8), memory_half_bytes=jnp.full(6, 1e5),
+                                  overhead_s=jnp.full(6, 3e-6), link_eff=jnp.full(3, 0.8)))
 
 
 @pytest.mark.parametrize("name,degrees", [
