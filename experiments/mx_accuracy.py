@@ -15,19 +15,19 @@ functions in `experiments.training`):
    even or stochastically.
 4. Several seeds: mean ± 95% t-interval, and paired differences to FP32 (same seed, same data).
 
-Deviation from the paper: its MX compute flow quantizes the inputs of every dot-product operator in
-the forward and backward passes, and its emulation library (microsoft/microxcaling, `mx.bmm` /
-`mx.matmul` for activation × activation products, injected for torch.matmul/bmm) covers the attention
-batched matmuls QKᵀ and PV as well. Here those two products stay FP32 (13% of the full-mode model's
-matmul FLOPs at 128-byte windows), so the measured gaps are likely somewhat smaller than the paper's
-compute flow would give.
+Deviation from the paper: the attention products QKᵀ and PV stay FP32. The paper's emulation library
+(microsoft/microxcaling) supplies MX `bmm`/`matmul` for activation × activation products and injects
+them for torch.matmul/bmm, so in its setup these batched matmuls are quantized too. They are 7-13% of
+the full-mode model's matmul FLOPs (causal vs full score matrix), so the measured gaps are likely
+somewhat smaller than the paper's compute flow would give.
 
 Losses are validation cross-entropy in nats/byte (bits/byte = nats/byte / ln 2). Every study is a
 resumable sweep: run again with the same --out to continue after an interruption.
-Runtime: --quick 2.0 min wall, 100 s CPU (one core pinned, load 3-4). Full mode (2 layers, hidden 128,
-1,000 steps × 3 seeds × 5 training runs, QAT 300 steps, 43 direct casts) is estimated at 50 min of CPU
-on one core from per-step CPU times measured pinned to one core (FP32 131 ms, MX with nearest-even
-gradients 156-159 ms, all-MXFP6 with stochastic rounding 271 ms; evaluation of 256 windows 0.55 s).
+Runtime (measured): --quick 67 s wall, 99 s CPU at load 0.3-2.2 (2.0 min wall pinned to one core at
+load 3-4). Full mode (0.46M parameters, 1,000 steps × 3 seeds × 5 training runs, 300 QAT steps per
+format, 43 direct casts): 70.2 min wall, 69.6 min CPU pinned to one core (taskset -c 0, nice 5) with
+other jobs at load 4-7; per 1,000-step run FP32 160-164 s, MX with nearest-even gradients 213-249 s,
+all-MXFP6 with stochastic rounding 448-495 s. Results: docs/experiments.md, mx-accuracy.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ DIRECT_FORMATS = ("mxint8", "mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The study's knobs; the defaults are full mode (about an hour on one CPU core, see the module docstring).
+    """The study's knobs; the defaults are full mode (70 min on one CPU core, see the module docstring).
 
     Attributes:
       seed: first seed (init and data order); seeds are seed, seed + 1, ... (n_seeds of them).
@@ -84,8 +84,8 @@ class Config:
       direct_formats, scale_rules, roles: the direct-cast grid (scale rules apply to MX formats).
       qat_formats, qat_steps, qat_lr: quantization-aware finetuning (constant learning rate).
       train_policies: MX training-from-scratch policies (keys of POLICIES), gradients rounded to nearest even.
-      stochastic_rounding: policies also trained with stochastically rounded gradients (1.7x slower to
-        emulate than nearest even, hence a subset).
+      stochastic_rounding: policies also trained with stochastically rounded gradients (about 2x slower
+        to emulate than nearest even, hence a subset).
     """
 
     seed: int = 0
@@ -149,7 +149,7 @@ class Config:
                          ffn=self.ffn, vocab=256)
 
 
-# --quick: a 0.1M-parameter model, 3 seeds, RNE gradients only (stochastic rounding is 1.7x slower to emulate),
+# --quick: a 0.1M-parameter model, 3 seeds, RNE gradients only (stochastic rounding is about 2x slower to emulate),
 # and the direct cast of weights + activations together (the paper's direct-cast setting).
 QUICK = {"n_seeds": 3, "n_layers": 2, "hidden": 64, "n_heads": 4, "n_kv_heads": 2, "ffn": 128, "seq_len": 64,
          "steps": 200, "warmup_steps": 20, "eval_every": 50, "eval_windows": 64, "qat_steps": 50,
