@@ -39,7 +39,6 @@ from matplotlib.figure import Figure
 
 from numerics import FORMAT_NAMES, QuantPolicy
 from parallel import Transformer, make_mesh, sharded_decoder
-from perfmodel import get_model
 from perfmodel.specs import Layout, ModelSpec
 
 from . import calibration, helix_pareto, plots

@@ -1,7 +1,7 @@
 """Modeled communication of one decoder layer: bytes per GPU per collective kind.
 
 `layer_collective_bytes(model, layout)` returns the traffic the cost model charges the collectives
-of one decode-step layer with (`step.decode_layer_cost`, the same ops `decode_step` sums), so it
+of one decode-step layer with (`layer.decode_layer_cost`, the same ops `decode_step` sums), so it
 can be held against the bytes a real sharded layer moves (`parallel.hlo.collective_bytes` of the
 compiled layer). The quantity is *bytes one GPU sends*, under ring / pairwise algorithms:
 

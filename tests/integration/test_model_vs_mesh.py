@@ -1,6 +1,6 @@
 """perfmodel against parallel/: the cost model's op list held against the code it models.
 
-1. FLOPs of one decoder layer as modeled (`step.decode_layer_cost`) against XLA's
+1. FLOPs of one decoder layer as modeled (`layer.decode_layer_cost`) against XLA's
    `cost_analysis()["flops"]` of parallel's single-device layer (`parallel.reference_layer`).
 2. Bytes per collective kind of one layer as modeled (`comm.layer_collective_bytes`) against
    `parallel.hlo.collective_bytes` of parallel's sharded layer compiled on 8 emulated CPU devices:
