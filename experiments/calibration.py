@@ -12,7 +12,7 @@ op class, fitted vs the uncalibrated datasheet roofline, train and held-out), `f
 `predicted_vs_measured.png`.
 
 Also the helpers other experiments use to honour `--hardware PROFILE.json`: `resolve_hardware`.
-Runtime on 2 shared CPU cores (docs/experiments.md): --quick about 1 minute, full mode about 5 minutes.
+Runtime on 2 shared CPU cores (docs/experiments.md): --quick about 1 minute, full mode about 6.5 minutes.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def resolve_hardware(profile: str | None, preset: str, bits: float = 16.0):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Measure-and-fit settings; the defaults are full mode (about 5 minutes on 2 shared cores).
+    """Measure-and-fit settings; the defaults are full mode (about 6.5 minutes on 2 shared cores).
 
     Attributes:
       seed: seeds the held-out split (and the measurement shuffles).
