@@ -79,9 +79,9 @@ class Config:
       quick_plan: `perfmodel.measure`'s quick plan (fewer, smaller points).
       families: kernel families to measure (subset of `perfmodel.measure.FAMILIES`).
       rounds, min_round_s: timing rounds per point and seconds per round (None: the plan's default).
-      cpus: on a CPU backend, cores the measurement process is pinned to (`perfmodel.measure.pin_cpus`:
-        one pinned core times ~30× steadier than two free ones on a small VM); 0 measures in this
-        process, unpinned.
+      cpus: on a CPU backend, cores the measurement process is pinned to (`perfmodel.measure.pin_cpus`;
+        on this 2-core VM a GEMM's IQR/median fell from ~0.4 on two free cores to 0.01 on one pinned
+        core); 0 measures in this process, unpinned.
       loss, loss_scale, prior_weight, statistic, steps: `perfmodel.calibrate.fit` settings.
       holdout_fraction: share of each op class held out.
     """

@@ -213,13 +213,13 @@ def pin_cpus(n: int) -> list[int]:
     """Restrict this process, and every thread it starts from now on, to `n` of its allowed CPUs.
 
     On a small shared VM the straggler of XLA:CPU's two-thread kernels makes timings bimodal: a
-    1024³ f32 GEMM measured over 30 calls had IQR/median 0.37-0.50 on 2 cores and 0.01 pinned to
-    one (measured on this 2-core VM). Call it before JAX starts its
-    backend (the thread pools inherit the mask then), as `main` does; the fitted `cpu-local` spec
-    then counts the pinned cores (`calibrate.hardware_for` reads `cpu_affinity` from the env).
+    1024³ f32 GEMM timed 30 times had IQR/median 0.37-0.50 on this 2-core VM's two cores and 0.01
+    pinned to one. Call it before JAX starts its backend (the thread pools inherit the mask then),
+    as `main` does; the fitted `cpu-local` spec then counts the pinned cores
+    (`calibrate.hardware_for` reads `cpu_affinity` from the env).
 
     Args:
-      n: cores to keep: the last n of the allowed set (core 0 takes most interrupts).
+      n: cores to keep: the last n of the allowed set.
 
     Returns:
       The CPUs now allowed.
@@ -309,10 +309,18 @@ def run_isolated(quick: bool = True, families: Sequence[str] = FAMILIES, timing:
       The child's `MeasurementSet` (env `cpu_affinity` lists the pinned cores).
 
     Raises:
-      ValueError: bad cpus (from the child), or RuntimeError naming the child's exit status and the
-        end of its stderr.
+      ValueError: a `timing` field the command line does not carry (warm-ups, noise threshold,
+        memory budget) that differs from the child's default.
+      RuntimeError: the child failed (e.g. a bad `cpus`), naming its exit status and, without a
+        progress bar, the end of its stderr (with one, its stderr is this process's).
     """
-    timing = default_timing(quick) if timing is None else timing
+    base = default_timing(quick)
+    timing = base if timing is None else timing
+    fixed = [f"{k}={getattr(timing, k)!r}" for k in ("warmup_calls", "round_warmup_calls", "noisy_threshold",
+                                                      "memory_budget_bytes") if getattr(timing, k) != getattr(base, k)]
+    if fixed:
+        raise ValueError(f"run_isolated passes rounds, min_round_s and seed to the child; {', '.join(fixed)} "
+                         "would be dropped: measure in this process (`run`) instead")
     with tempfile.TemporaryDirectory(prefix="paretolab-measure-") as tmp:
         out = pathlib.Path(tmp) / "measurements.csv"
         cmd = [sys.executable, "-m", "perfmodel.measure", "--out", str(out), "--cpus", str(cpus),

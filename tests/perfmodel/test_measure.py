@@ -77,7 +77,9 @@ def test_pinned_measurement_in_a_child_process():
         measure.pin_cpus(0)
     with pytest.raises(ValueError, match="cpus=4096 must lie in"):
         measure.pin_cpus(4096)
-    timing = dataclasses.replace(FAST, rounds=1)
+    with pytest.raises(ValueError, match="warmup_calls=1 would be dropped"):
+        measure.run_isolated(quick=True, timing=FAST)  # the child cannot be told FAST's warm-ups
+    timing = dataclasses.replace(measure.default_timing(True), rounds=1, min_round_s=0.0, seed=1)
     mset = measure.run_isolated(quick=True, families=["elementwise"], timing=timing, cpus=1, progress=False)
     assert mset.env["cpu_affinity"] == sorted(os.sched_getaffinity(0))[-1:]  # the last allowed core
     assert {r.op for r in mset.rows} == {"elementwise", "copy"} and all(r.n_rounds == 1 for r in mset.rows)
