@@ -1,8 +1,9 @@
 """What calibration fits, and the cost model's prediction for measured rows.
 
 `CalibParams` is the cost model's `EfficiencyParams` plus per-precision and per-format logit
-offsets: a pytree optax updates directly. `cost_model_times` maps a measurement op class onto the `perfmodel.ops`
-cost function that costs it, vectorized over the rows; `predict_rows` evaluates it for any rows.
+offsets: a pytree optax updates directly. `cost_model_times` maps a measurement op class onto
+the `perfmodel.ops` cost function that costs it, vectorized over the rows; `predict_rows`
+evaluates it for any rows.
 """
 
 from __future__ import annotations
