@@ -462,6 +462,29 @@ class HardwareSpec:
     def scale_out(self) -> LinkLevel:
         return self.links[2]
 
+    def scaled(self, rate: float, hbm_capacity_bytes: float | None = None) -> "HardwareSpec":
+        """A what-if part: every rate × `rate` (FLOP/s of each precision, HBM and link bandwidths),
+        latencies and power unchanged, optionally another HBM capacity.
+
+        Args:
+          rate: factor on the rates (> 0).
+          hbm_capacity_bytes: HBM per GPU in bytes (default: unchanged).
+
+        Returns:
+          The `HardwareSpec`, named "<name>/<1/rate>" (e.g. "gb200-nvl72/1000" for rate 1e-3).
+
+        Raises:
+          ValueError: rate ≤ 0 (or a capacity `HardwareSpec` rejects), naming the value.
+        """
+        if not rate > 0:
+            raise ValueError(f"{self.name}: rate={rate} must be positive")
+        links = tuple(dataclasses.replace(l, bandwidth_bytes_per_s=l.bandwidth_bytes_per_s * rate) for l in self.links)
+        return dataclasses.replace(
+            self, name=f"{self.name}/{1 / rate:g}", flops_fp4=self.flops_fp4 * rate, flops_fp8=self.flops_fp8 * rate,
+            flops_bf16=self.flops_bf16 * rate, flops_fp32=self.flops_fp32 * rate,
+            hbm_bandwidth_bytes_per_s=self.hbm_bandwidth_bytes_per_s * rate, links=links,
+            hbm_capacity_bytes=self.hbm_capacity_bytes if hbm_capacity_bytes is None else hbm_capacity_bytes)
+
     def peak_flops(self, compute_bits):
         """Dense FLOP/s at a compute precision in bits (scalar or array; jnp-traceable).
 

@@ -17,15 +17,7 @@ from perfmodel.step import make_layout_arrays
 from perfmodel import datasheet_params
 
 
-def _scaled(hw, s, capacity):
-    links = tuple(dataclasses.replace(l, bandwidth_bytes_per_s=l.bandwidth_bytes_per_s * s) for l in hw.links)
-    return dataclasses.replace(hw, name=f"{hw.name}/{1 / s:g}", flops_fp4=hw.flops_fp4 * s, flops_fp8=hw.flops_fp8 * s,
-                               flops_bf16=hw.flops_bf16 * s, flops_fp32=hw.flops_fp32 * s,
-                               hbm_bandwidth_bytes_per_s=hw.hbm_bandwidth_bytes_per_s * s,
-                               hbm_capacity_bytes=capacity, links=links)
-
-
-HW = _scaled(get_hardware("gb200-nvl72"), 1e-3, 1.5e6)
+HW = get_hardware("gb200-nvl72").scaled(1e-3, hbm_capacity_bytes=1.5e6)
 TINY = get_model("tiny-dense")
 SPACE = SearchSpace(max_gpus=4, max_total_gpus=8, decode_batches=(1, 2, 3, 4, 6, 8, 12, 16),
                     prefill_batches=(1, 2, 4), pp_options=(1, 2), chunks=(0, 64), weight_format="bf16",

@@ -24,17 +24,9 @@ from perfmodel.search import _Pool
 from perfmodel.serving import colocated, disaggregated, replica_gpus
 from perfmodel.step import LayoutArrays
 
-def _scaled(hw, s, capacity):
-    """`hw` with every rate × s (FLOP/s, HBM and link bandwidths) and `capacity` bytes of HBM: the
-    tiny model then trades weight reads, KV, compute and collective latency as a large model does."""
-    links = tuple(dataclasses.replace(l, bandwidth_bytes_per_s=l.bandwidth_bytes_per_s * s) for l in hw.links)
-    return dataclasses.replace(hw, name=f"{hw.name}/{1 / s:g}", flops_fp4=hw.flops_fp4 * s, flops_fp8=hw.flops_fp8 * s,
-                               flops_bf16=hw.flops_bf16 * s, flops_fp32=hw.flops_fp32 * s,
-                               hbm_bandwidth_bytes_per_s=hw.hbm_bandwidth_bytes_per_s * s,
-                               hbm_capacity_bytes=capacity, links=links)
-
-
-HW = _scaled(get_hardware("gb200-nvl72"), 1e-3, 1.5e6)
+# Every rate × 1e-3 and 1.5 MB of HBM: the tiny model then trades weight reads, KV, compute
+# and collective latency as a large model does on the real part.
+HW = get_hardware("gb200-nvl72").scaled(1e-3, hbm_capacity_bytes=1.5e6)
 TINY = get_model("tiny-dense")
 P = datasheet_params(HW)
 SPACE = SearchSpace(max_gpus=4, max_total_gpus=8, decode_batches=(1, 2, 3, 4, 6, 8, 12, 16),

@@ -133,3 +133,18 @@ def test_bad_link_and_workload():
     with pytest.raises(ValueError, match="ttl_limit_s=nan"):
         Workload(isl=10, osl=10, ttl_limit_s=math.nan)
     assert Workload(isl=1000, osl=200).mean_context == 1100
+
+
+def test_scaled_hardware_scales_every_rate_and_nothing_else():
+    hw = get_hardware("gb200-nvl72")
+    small = hw.scaled(1e-3, hbm_capacity_bytes=1.5e6)
+    assert small.name == "gb200-nvl72/1000" and small.hbm_capacity_bytes == 1.5e6
+    for field in ("flops_fp4", "flops_fp8", "flops_bf16", "flops_fp32", "hbm_bandwidth_bytes_per_s"):
+        assert getattr(small, field) == pytest.approx(getattr(hw, field) * 1e-3)
+    for a, b in zip(small.links, hw.links):
+        assert (a.bandwidth_bytes_per_s, a.latency_s, a.size) == (pytest.approx(b.bandwidth_bytes_per_s * 1e-3),
+                                                                   b.latency_s, b.size)
+    assert (small.idle_power_w, small.peak_power_w) == (hw.idle_power_w, hw.peak_power_w)
+    assert hw.scaled(2.0).hbm_capacity_bytes == hw.hbm_capacity_bytes
+    with pytest.raises(ValueError, match="rate=0.0 must be positive"):
+        hw.scaled(0.0)
