@@ -18,7 +18,7 @@ import numpy as np
 
 from numerics.formats import FORMAT_NAMES
 
-from .measurements import SIZE_FIELDS, Measurement, itemsize
+from .measurements import SIZE_FIELDS, Measurement, gemm_out_itemsize, itemsize
 
 SPLITS = ("random", "extrapolation")
 STATISTICS = ("median", "min")
@@ -32,14 +32,17 @@ def columns(rows: Sequence[Measurement]) -> dict[str, np.ndarray]:
 
     Returns:
       {field: float64 [len(rows)]} for every `measurements.SIZE_FIELDS` field, plus
-      `bytes_per_elem` from each row's dtype and `format_index`, the row's `fmt` as an index into
-      `numerics.FORMAT_NAMES` (−1 for rows without a format).
+      `bytes_per_elem` from each row's dtype, `out_bytes_per_elem` (a gemm row's output,
+      `measurements.gemm_out_itemsize`; the dtype's for other rows) and `format_index`, the row's
+      `fmt` as an index into `numerics.FORMAT_NAMES` (−1 for rows without a format).
 
     Raises:
       ValueError: an unknown dtype or format name.
     """
     cols = {f: np.array([getattr(r, f) for r in rows], np.float64) for f in SIZE_FIELDS}
     cols["bytes_per_elem"] = np.array([itemsize(r.dtype) for r in rows], np.float64)
+    cols["out_bytes_per_elem"] = np.array([gemm_out_itemsize(r) if r.op == "gemm" else itemsize(r.dtype)
+                                           for r in rows], np.float64)
     unknown = sorted({r.fmt for r in rows if r.fmt and r.fmt not in FORMAT_NAMES})
     if unknown:
         raise ValueError(f"unknown formats {unknown} in the measurements; valid: {', '.join(FORMAT_NAMES)}")

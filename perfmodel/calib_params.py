@@ -165,7 +165,7 @@ def _per_row(params, bytes_per_elem, format_index):
 def cost_model_times(params, hardware: HardwareSpec, op: str, cols: Mapping[str, jax.Array]) -> jax.Array:
     """The cost model's time for every row of one op class: a thin, vectorized map onto perfmodel.ops.
 
-    gemm → `gemm_time(m, n, k, bytes_per_elem)`; decode_attention → `decode_attention_time(batch,
+    gemm → `gemm_time(m, n, k, bytes_per_elem, out_bytes_per_elem=...)`; decode_attention → `decode_attention_time(batch,
     seq, heads, kv_heads, head_dim, head_dim, bytes_per_elem)`; elementwise, copy →
     `elementwise_time(bytes, flops)`; fake_quantize → `quantize_time(bytes, flops)`; collectives → `collective_time(op, bytes, n_devices)`.
 
@@ -184,7 +184,8 @@ def cost_model_times(params, hardware: HardwareSpec, op: str, cols: Mapping[str,
     c = cols
     eff = _per_row(params, c["bytes_per_elem"], c["format_index"])
     if op == "gemm":
-        return ops.gemm_time(eff, hardware, c["m"], c["n"], c["k"], c["bytes_per_elem"])
+        return ops.gemm_time(eff, hardware, c["m"], c["n"], c["k"], c["bytes_per_elem"],
+                             out_bytes_per_elem=c["out_bytes_per_elem"])
     if op == "decode_attention":
         return ops.decode_attention_time(eff, hardware, c["batch"], c["seq"], c["heads"], c["kv_heads"],
                                          c["head_dim"], c["head_dim"], c["bytes_per_elem"])

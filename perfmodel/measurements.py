@@ -158,6 +158,16 @@ def itemsize(dtype: str) -> int:
         raise ValueError(f"dtype={dtype!r} is not a known element type") from e
 
 
+# The GEMM kernel whose output is FP32 whatever its inputs (the accumulator, written as is; see
+# kernels.gemm_points); any other gemm kernel writes its input dtype.
+GEMM_FP32_OUT = "matmul_fp32_out"
+
+
+def gemm_out_itemsize(row: Measurement) -> int:
+    """Bytes per output element of a `gemm` row: 4 for `GEMM_FP32_OUT`, else its dtype's."""
+    return 4 if row.kernel == GEMM_FP32_OUT else itemsize(row.dtype)
+
+
 # ----------------------------------------------------------------------------- writing
 
 

@@ -218,9 +218,11 @@ def test_error_report_math_and_headline():
 def test_cost_model_adapter_matches_measure_bytes_and_flops():
     # kernels.py and ops.py count bytes and FLOPs independently; they must agree row by row.
     gemm = [p.fields for p in kernels.gemm_points([(64, 128, 256), (3, 5, 7)], ["float32", "bfloat16"])]
-    for f in gemm:
-        flops, nbytes = ops.gemm_cost(f["m"], f["n"], f["k"], jnp.dtype(f["dtype"]).itemsize)
-        assert (flops, nbytes) == (f["flops"], f["bytes"])
+    cols = calib_data.columns([Measurement(**f, median_s=1.0, min_s=1.0) for f in gemm])  # what the fit costs
+    flops, nbytes = ops.gemm_cost(cols["m"], cols["n"], cols["k"], cols["bytes_per_elem"],
+                                  out_bytes_per_elem=cols["out_bytes_per_elem"])
+    np.testing.assert_array_equal(flops, [f["flops"] for f in gemm])
+    np.testing.assert_array_equal(nbytes, [f["bytes"] for f in gemm])
     att = [p.fields for p in kernels.decode_attention_points([(2, 512, 16, 4, 64), (1, 100, 8, 8, 128)], ["bfloat16"])]
     for f in att:
         flops, nbytes = ops.decode_attention_cost(f["batch"], f["seq"], f["heads"], f["kv_heads"], f["head_dim"],

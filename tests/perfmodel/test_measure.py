@@ -80,9 +80,15 @@ def test_pinned_measurement_in_a_child_process():
     with pytest.raises(ValueError, match="warmup_calls=1 would be dropped"):
         measure.run_isolated(quick=True, timing=FAST)  # the child cannot be told FAST's warm-ups
     timing = dataclasses.replace(measure.default_timing(True), rounds=1, min_round_s=0.0, seed=1)
-    mset = measure.run_isolated(quick=True, families=["elementwise"], timing=timing, cpus=1, progress=False)
+    mset = measure.run_isolated(quick=True, families=["elementwise", "collectives"], timing=timing, cpus=1,
+                                cpu_devices=4, progress=False)
     assert mset.env["cpu_affinity"] == sorted(os.sched_getaffinity(0))[-1:]  # the last allowed core
-    assert {r.op for r in mset.rows} == {"elementwise", "copy"} and all(r.n_rounds == 1 for r in mset.rows)
+    assert all(r.n_rounds == 1 for r in mset.rows)
+    # one-device kernels in a one-device child, collectives on the emulated mesh of a second
+    assert mset.env["devices_per_family"] == {"elementwise": 1, "collectives": 4}
+    assert mset.env["device_count"] == 4 and mset.env["families"] == ["elementwise", "collectives"]
+    assert {r.op for r in mset.rows if not r.emulated} == {"elementwise", "copy"}
+    assert {r.n_devices for r in mset.rows if r.emulated} == {4}
 
 
 def test_memory_budget_splits_points_into_groups():
@@ -98,7 +104,8 @@ def test_gemm_and_attention_points_time_the_right_math():
     gemm = kernels.gemm_points([(8, 16, 32)], ["float32", "bfloat16"])
     assert gemm[0].fields["flops"] == 2 * 8 * 16 * 32
     assert gemm[0].fields["bytes"] == (8 * 32 + 32 * 16 + 8 * 16) * 4
-    assert gemm[1].fields["bytes"] == (8 * 32 + 32 * 16 + 8 * 16) * 2
+    assert gemm[1].fields["bytes"] == (8 * 32 + 32 * 16) * 2 + 8 * 16 * 4  # FP32 output
+    assert gemm[1].fn(*gemm[1].make_inputs(np.random.default_rng(0))).dtype == jnp.float32
     a, b = gemm[0].make_inputs(np.random.default_rng(0))
     np.testing.assert_allclose(gemm[0].fn(a, b), np.asarray(a) @ np.asarray(b), rtol=1e-5, atol=1e-5)
 
