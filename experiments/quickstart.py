@@ -347,7 +347,7 @@ def run(config: Config, out: ResultsDir) -> dict:
     out.save_figure("quickstart.png", dashboard(config, train, pareto))
     wall = time.perf_counter() - start
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    r_, e_ = cal["heldout_random"], cal["heldout_extrapolation"]
+    r_, e_, s_ = cal["heldout_random"], cal["heldout_extrapolation"], cal.get("heldout_random_seeds")
     fp, mk = helix["fp32"], helix["mx_kv"]
     lines = ["# quickstart: what this run measured", "",
              f"Runtime {wall / 60:.1f} min on {os.cpu_count()} CPU cores (load average {load}); JAX "
@@ -361,6 +361,8 @@ def run(config: Config, out: ResultsDir) -> dict:
              f"{_times(r_['ratio_datasheet_over_fitted'])} |",
              f"| extrapolation | {e_['n_kernels_gt_1ms']} | {_pct(e_['fitted_mape_pct'])} | {_pct(e_['datasheet_mape_pct'])} | "
              f"{_times(e_['ratio_datasheet_over_fitted'])} |", "",
+             *([f"Random split over split seeds {s_['seeds']}: fitted MAPE mean {_pct(s_['mean_pct'])} (min "
+                f"{_pct(s_['min_pct'])}, max {_pct(s_['max_pct'])}).", ""] if s_ else []),
              "## 2. Training: FP32 vs MXFP6 on the CPython corpus", "",
              f"{train['n_params'] / 1e6:.2f}M-parameter byte-level transformer, {train['tokens'] / 1e6:.2f}M training "
              f"tokens, same seed, data order and schedule; corpus SHA-256 `{train['corpus_sha256'][:16]}…`, Python "

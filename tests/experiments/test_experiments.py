@@ -89,6 +89,11 @@ def test_calibrate(calibrated):
         assert h["n_kernels_gt_1ms"] >= 1 and _finite(h["fitted_mape_pct"], h["datasheet_mape_pct"])
         # the fit beats the uncalibrated roofline on kernels it never saw
         assert 0 < h["fitted_mape_pct"] < h["datasheet_mape_pct"] and h["ratio_datasheet_over_fitted"] > 1
+    spread = head["heldout_random_seeds"]  # seed 0's split is the headline's; the others differ
+    assert spread["seeds"] == [0, 1, 2, 3, 4] and spread["fitted_mape_pct"][0] == head["heldout_random"]["fitted_mape_pct"]
+    scored = [v for v in spread["fitted_mape_pct"] if v is not None]  # a split may hold out no kernel > 1 ms
+    assert spread["mean_pct"] == pytest.approx(np.mean(scored)) and len(set(scored)) > 1
+    assert (spread["min_pct"], spread["max_pct"]) == (min(scored), max(scored))
     hw, params = cal.load_profile(head["profile"])
     assert hw.name == "cpu-local" and hw.links[1].size == 8
     errors = results.read_csv(rd.file("fit_errors.csv"))
