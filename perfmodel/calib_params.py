@@ -165,9 +165,10 @@ def _per_row(params, bytes_per_elem, format_index):
 def cost_model_times(params, hardware: HardwareSpec, op: str, cols: Mapping[str, jax.Array]) -> jax.Array:
     """The cost model's time for every row of one op class: a thin, vectorized map onto perfmodel.ops.
 
-    gemm → `gemm_time(m, n, k, bytes_per_elem, out_bytes_per_elem=...)`; decode_attention → `decode_attention_time(batch,
-    seq, heads, kv_heads, head_dim, head_dim, bytes_per_elem)`; elementwise, copy →
-    `elementwise_time(bytes, flops)`; fake_quantize → `quantize_time(bytes, flops)`; collectives → `collective_time(op, bytes, n_devices)`.
+    gemm → `gemm_time(m, n, k, bytes_per_elem, out_bytes_per_elem=...)`; decode_attention →
+    `decode_attention_time(batch, seq, heads, kv_heads, head_dim, head_dim, bytes_per_elem)`;
+    elementwise, copy → `elementwise_time(bytes, flops)`; fake_quantize → `quantize_time(bytes,
+    flops)`; collectives → `collective_time(op, bytes, n_devices)`.
 
     Args:
       params: `CalibParams`, or `EfficiencyParams` / `Efficiency` (no precision offsets).

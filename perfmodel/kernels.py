@@ -77,7 +77,8 @@ def gemm_points(shapes: Sequence[tuple[int, int, int]], dtypes: Sequence[str]) -
                 fn=fn,
                 make_inputs=lambda rng, m=m, n=n, k=k, d=dtype: (_normal(rng, (m, k), d), _normal(rng, (k, n), d)),
                 footprint_bytes=nbytes,
-                fields=dict(op="gemm", kernel=GEMM_FP32_OUT, dtype=dtype, m=m, n=n, k=k, bytes=nbytes, flops=2 * m * n * k),
+                fields=dict(op="gemm", kernel=GEMM_FP32_OUT, dtype=dtype, m=m, n=n, k=k, bytes=nbytes,
+                            flops=2 * m * n * k),
             ))
     return points
 
