@@ -300,7 +300,7 @@ def run_isolated(quick: bool = True, families: Sequence[str] = FAMILIES, timing:
     process before its JAX starts: this runs `python -m perfmodel.measure --cpus N` and reads the
     file it writes. The one-device kernels run in a child with one CPU device, the collectives in a
     second child with `cpu_devices` emulated devices: an 8-device CPU client slows and scatters
-    one-device kernels (measured here, pinned: bf16 GEMMs 1.1-1.6× slower, their run-to-run
+    one-device kernels (measured here, pinned: bf16 GEMMs up to 1.6× slower, their run-to-run
     difference of medians 14% instead of 4%).
 
     Args:
