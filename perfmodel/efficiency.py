@@ -32,8 +32,8 @@ MAPE of kernels > 1 ms fell from 10.8% to 8.8% (random split) and from 14.2% to 
 (extrapolation split) with the term. On a GPU the fit finds the L2's share the same way.
 
 `datasheet_params(hw)` is the uncalibrated roofline prior: efficiencies 1 − 1e-4, half sizes of
-one FLOP / one byte, no cache effect (cache_ratio 1 − 1e-4), 1 ns launch overhead, the preset's link latencies, and power weights of a
-compute-dominated GPU. `params_to_dict` / `params_from_dict` round-trip through JSON.
+one FLOP / one byte, no cache effect (cache_ratio 1 − 1e-4), 1 ns launch overhead, the preset's
+link latencies, and power weights of a compute-dominated GPU. `params_to_dict` / `params_from_dict` round-trip through JSON.
 """
 
 from __future__ import annotations

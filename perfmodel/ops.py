@@ -277,11 +277,16 @@ def quantize_time(params, hw: HardwareSpec, bytes, flops):
     """Time of casting a tensor to a block format (`numerics.fake_quantize`): its own op class.
 
     Args:
-      bytes: HBM bytes read plus written.
-      flops: arithmetic (block max, scale, rounding), at the FP32 rate of `hw`.
+      params: `EfficiencyParams` (or `Efficiency`); the `quantize` class prices it.
+      hw: hardware.
+      bytes: HBM bytes read plus written (scalar or array).
+      flops: arithmetic (block max, scale, rounding), at the FP32 rate of `hw` (same shape).
 
     Returns:
-      seconds.
+      seconds, broadcast over bytes and flops.
+
+    References:
+      OCP Microscaling Formats (MX) v1.0, §6.3 (the conversion this costs).
     """
     eff = as_efficiency(params)
     return op_time(eff, QUANTIZE, flops, bytes, hw.flops_fp32, hw.hbm_bandwidth_bytes_per_s)
@@ -305,24 +310,28 @@ class Group(NamedTuple):
     inv_bw_peak: jax.Array
 
 
+def _level_masks(hw: HardwareSpec, n_devices):
+    """(n fits the die-to-die domain, n fits the scale-up domain)."""
+    return n_devices <= hw.links[0].size, n_devices <= hw.links[1].size
+
+
 def link_level(hw: HardwareSpec, n_devices):
     """Index of the innermost link level whose domain holds n devices (0 die, 1 scale-up, 2 out)."""
-    return jnp.where(n_devices <= hw.links[0].size, 0, jnp.where(n_devices <= hw.links[1].size, 1, 2))
+    inner, middle = _level_masks(hw, n_devices)
+    return jnp.where(inner, 0, jnp.where(middle, 1, 2))
 
 
 def group(eff: Efficiency, hw: HardwareSpec, n_devices, level=None) -> Group:
     """The `Group` of n devices (real-valued n allowed; n ≤ 1 makes every collective free)."""
     n = jnp.maximum(n_devices, 1.0)
-    if level is None:  # `link_level`, selecting the values directly (no level index in between)
-        inner, middle = n_devices <= hw.links[0].size, n_devices <= hw.links[1].size
-
-        def pick(values):
-            return jnp.where(inner, values[0], jnp.where(middle, values[1], values[2]))
+    if level is None:
+        inner, middle = _level_masks(hw, n_devices)
     else:
-        lvl = jnp.asarray(level)
+        inner, middle = jnp.asarray(level) == 0, jnp.asarray(level) == 1
 
-        def pick(values):
-            return _per_level(lvl, values)
+    def pick(values):  # values[level] as selects (a gather per design point is slow on CPU)
+        return jnp.where(inner, values[0], jnp.where(middle, values[1], values[2]))
+
     bw = [l.bandwidth_bytes_per_s for l in hw.links]
     return Group(
         log_n=jnp.log2(n), frac=1.0 - 1.0 / n, pair=jnp.clip(n_devices - 1.0, 0.0, 1.0),
@@ -395,11 +404,6 @@ def collective_time(params, hw: HardwareSpec, kind: str, bytes, n_devices, level
     """
     _check_kind(kind)
     return group_time(kind, bytes, group(as_efficiency(params), hw, n_devices, level))
-
-
-def _per_level(lvl, values):
-    """values[lvl] for a level array, as selects (a gather per design point is slow on CPU)."""
-    return jnp.where(lvl == 0, values[0], jnp.where(lvl == 1, values[1], values[2]))
 
 
 __all__ = [
