@@ -164,7 +164,12 @@ GEMM_FP32_OUT = "matmul_fp32_out"
 
 
 def gemm_out_itemsize(row: Measurement) -> int:
-    """Bytes per output element of a `gemm` row: 4 for `GEMM_FP32_OUT`, else its dtype's."""
+    """Bytes per output element of a `gemm` row: 4 for `GEMM_FP32_OUT`, else its dtype's
+    (docs/measurements.md, "What `bytes` and `flops` count").
+
+    Raises:
+      ValueError: a dtype that is no element type (`itemsize`).
+    """
     return 4 if row.kernel == GEMM_FP32_OUT else itemsize(row.dtype)
 
 
