@@ -94,12 +94,15 @@ def smooth_max(a, b):
 
 
 def roofline_time(eff: Efficiency, op_class: int, flops, bytes_, inv_peak_flops, inv_hbm_bytes_per_s):
-    """`op_time` with reciprocal rates (s/FLOP, s/byte) for the hot loops: one division (the cache
-    knee of `efficiency`) besides the one in `smooth_max`."""
+    """`op_time` with reciprocal rates (s/FLOP, s/byte) for the hot loops: one log and one sigmoid
+    (the cache knee of `efficiency`) besides the division in `smooth_max`."""
     t_c = (flops + eff.compute_half_flops[op_class]) * (inv_peak_flops * (1.0 / eff.compute_eff[op_class]))
     t_m = (bytes_ + eff.memory_half_bytes[op_class]) * (inv_hbm_bytes_per_s * (1.0 / eff.memory_eff[op_class]))
-    k = eff.cache_bytes[op_class]  # the cache knee (efficiency.py): 1 − (1 − ratio)·k / (bytes + k)
-    t_m = t_m - t_m * ((1.0 - eff.cache_ratio[op_class]) * k) / (bytes_ + k)
+    # the cache knee (efficiency.py): 1 − (1 − ratio)·k^p / (bytes^p + k^p), as a sigmoid in log bytes
+    # (bytes under one byte count as one: log 0 would make the gradient in p NaN)
+    inside = jax.nn.sigmoid(eff.cache_sharpness[op_class]
+                            * (jnp.log(eff.cache_bytes[op_class]) - jnp.log(jnp.maximum(bytes_, 1.0))))
+    t_m = t_m - t_m * (1.0 - eff.cache_ratio[op_class]) * inside
     return smooth_max(t_c, t_m) + eff.overhead_s[op_class]
 
 

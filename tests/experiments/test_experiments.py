@@ -83,7 +83,7 @@ def test_calibrate(calibrated):
     rd, head = calibrated
     rows = (rd.path / "measurements.csv").read_text().splitlines()
     n_rows = sum(1 for line in rows if line and not line.startswith("#")) - 1  # minus the header
-    assert n_rows == head["rows"] == head["rows_fitted"] == 24  # 6 sizes × 2 dtypes × (multiply, copy)
+    assert n_rows == head["rows"] == head["rows_fitted"] == 52  # 13 sizes × 2 dtypes × (multiply, copy)
     for split in ("heldout_random", "heldout_extrapolation"):
         h = head[split]
         assert h["n_kernels_gt_1ms"] >= 1 and _finite(h["fitted_mape_pct"], h["datasheet_mape_pct"])

@@ -29,12 +29,15 @@ def test_datasheet_gemm_is_the_roofline():
 
 
 def test_cache_knee_closed_form():
-    # Memory time × (1 − (1 − ρ)·K / (bytes + K)): ρ well inside the cache, 1 far beyond, halfway at K.
+    # Memory time × (1 − (1 − ρ)·K^p / (bytes^p + K^p)): ρ well inside the cache, 1 far beyond,
+    # halfway at K; the sharpness p sets how fast it falls (at 2K: 1/(1 + 2^p) of the way left).
     e = constrain(P)
-    rho, k = 0.4, 32e6
-    eff = e._replace(cache_bytes=e.cache_bytes.at[0].set(k), cache_ratio=e.cache_ratio.at[0].set(rho))
+    rho, k, sharp = 0.4, 32e6, 3.0
+    eff = e._replace(cache_bytes=e.cache_bytes.at[0].set(k), cache_ratio=e.cache_ratio.at[0].set(rho),
+                     cache_sharpness=e.cache_sharpness.at[0].set(sharp))
     inv_bw = 1.0 / H100.hbm_bandwidth_bytes_per_s
-    for nbytes, factor in ((k, 1 - (1 - rho) / 2), (1e3, rho), (1e12, 1.0)):
+    for nbytes, factor in ((k, 1 - (1 - rho) / 2), (2 * k, 1 - (1 - rho) / 9), (k / 2, 1 - (1 - rho) * 8 / 9),
+                           (1e3, rho), (1e12, 1.0)):
         t = float(ops.roofline_time(eff, 0, 0.0, nbytes, 0.0, inv_bw))
         assert t == pytest.approx((nbytes + 1.0) * inv_bw / (1 - 1e-4) * factor + 1e-9, rel=2e-4)
 
@@ -152,6 +155,7 @@ def _mid_params():
     return unconstrain(Efficiency(
         compute_eff=jnp.full(6, 0.6), compute_half_flops=jnp.full(6, 1e9), memory_eff=jnp.full(6, 0.7),
         memory_half_bytes=jnp.full(6, 1e5), cache_bytes=jnp.full(6, 4e6), cache_ratio=jnp.full(6, 0.5),
+            cache_sharpness=jnp.full(6, 2.0),
         overhead_s=jnp.full(6, 5e-6), link_alpha_s=e.link_alpha_s * 2,
         link_eff=jnp.full(3, 0.8), power_weight=e.power_weight,
     ))
