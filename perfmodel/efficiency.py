@@ -118,8 +118,8 @@ def constrain(params: EfficiencyParams) -> Efficiency:
         compute_eff=sig(params.compute_logit), compute_half_flops=exp(params.compute_half_log),
         memory_eff=sig(params.memory_logit), memory_half_bytes=exp(params.memory_half_log),
         cache_bytes=exp(params.cache_log), cache_ratio=sig(params.cache_logit),
-        cache_sharpness=exp(params.cache_sharpness_log), overhead_s=exp(params.overhead_log), link_alpha_s=exp(params.link_alpha_log),
-        link_eff=sig(params.link_logit), power_weight=sig(params.power_logit),
+        cache_sharpness=exp(params.cache_sharpness_log), overhead_s=exp(params.overhead_log),
+        link_alpha_s=exp(params.link_alpha_log), link_eff=sig(params.link_logit), power_weight=sig(params.power_logit),
     )
 
 
@@ -147,8 +147,9 @@ def unconstrain(eff: Efficiency) -> EfficiencyParams:
         compute_logit=_logit(e["compute_eff"]), compute_half_log=np.log(e["compute_half_flops"]),
         memory_logit=_logit(e["memory_eff"]), memory_half_log=np.log(e["memory_half_bytes"]),
         cache_log=np.log(e["cache_bytes"]), cache_logit=_logit(e["cache_ratio"]),
-        cache_sharpness_log=np.log(e["cache_sharpness"]), overhead_log=np.log(e["overhead_s"]), link_alpha_log=np.log(e["link_alpha_s"]),
-        link_logit=_logit(e["link_eff"]), power_logit=_logit(e["power_weight"]),
+        cache_sharpness_log=np.log(e["cache_sharpness"]), overhead_log=np.log(e["overhead_s"]),
+        link_alpha_log=np.log(e["link_alpha_s"]), link_logit=_logit(e["link_eff"]),
+        power_logit=_logit(e["power_weight"]),
     )
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), out)
 
@@ -221,7 +222,7 @@ def params_from_dict(d: dict) -> EfficiencyParams:
     if unknown:
         raise ValueError(f"efficiency params: unknown fields {unknown}")
     out = {}
-    raw = {"cache_sharpness_log": [0.0] * len(OP_CLASSES), **raw}  # older profiles: the p = 1 knee they were fitted with
+    raw = {"cache_sharpness_log": [0.0] * len(OP_CLASSES), **raw}  # older profiles: the p = 1 knee
     for name, size in _FIELD_SIZES.items():
         if name not in raw:
             raise ValueError(f"efficiency params: missing field {name!r}")

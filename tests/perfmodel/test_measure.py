@@ -84,7 +84,8 @@ def test_pinned_measurement_in_a_child_process():
                                 cpu_devices=4, progress=False)
     assert mset.env["cpu_affinity"] == sorted(os.sched_getaffinity(0))[-1:]  # the last allowed core
     # glibc's allocator set to reuse memory in the children, unless the caller set it
-    assert mset.env["malloc_env"] == {**measure.MALLOC_ENV, **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
+    callers = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    assert mset.env["malloc_env"] == {**measure.MALLOC_ENV, **callers}
     assert all(r.n_rounds == 1 for r in mset.rows)
     # one-device kernels in a one-device child, collectives on the emulated mesh of a second
     assert mset.env["devices_per_family"] == {"elementwise": 1, "collectives": 4}

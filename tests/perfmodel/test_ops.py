@@ -117,6 +117,10 @@ def test_reparameterization_round_trip_and_json(tmp_path):
     p3 = params_from_dict(json.loads(path.read_text()))
     for x, y in zip(jax.tree.leaves(P), jax.tree.leaves(p3)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # a profile written before the knee had a sharpness loads with the p = 1 knee it was fitted with
+    before = {k: v for k, v in params_to_dict(P)["unconstrained"].items() if k != "cache_sharpness_log"}
+    np.testing.assert_array_equal(np.asarray(constrain(params_from_dict({"unconstrained": before})).cache_sharpness),
+                                  np.ones(6, np.float32))
 
 
 def test_any_real_vector_is_valid():
