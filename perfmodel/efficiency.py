@@ -26,18 +26,21 @@ fall for small working sets instead: the memory time is multiplied by
 
     1 − (1 − cache_ratio) · k^p / (bytes^p + k^p),    k = cache_bytes, p = cache_sharpness,
 
-cache_ratio for working sets well inside the cache, 1 well beyond it; p = 1 is a gentle knee, a large
-p a step at k (a cyclic sweep over an LRU cache hits every time below its capacity and never above).
-On this VM the step is sharp: x * y and copies stream at 26-29 GB/s up to a 64 MiB working set and
-at 19-21 GB/s from 96 MiB on, and decode attention falls off the same way past 67 MB. Measured on this CPU: decode
-attention over a 4 MB cache streams 1.3× faster per byte than over 67 MB, and fake_quantize of
-4 MiB takes 1/4.2-1/5.3 of the time of 4× the elements; in one quick measurement of it, the held-out
-MAPE of kernels > 1 ms fell from 10.8% to 8.8% (random split) and from 14.2% to 10.6%
-(extrapolation split) with the term. On a GPU the fit finds the L2's share the same way.
+cache_ratio for working sets well inside the cache, 1 well beyond it; p = 1 is a gentle knee, a
+large p a step at k (a cyclic sweep over an LRU cache hits every time below its capacity and never
+above). Measured on this CPU: decode attention over a 4 MB cache streams 1.3× faster per byte than
+over 67 MB, and fake_quantize of 4 MiB takes 1/4.2-1/5.3 of the time of 4× the elements; in one
+quick measurement of it, the held-out MAPE of kernels > 1 ms fell from 10.8% to 8.8% (random split)
+and from 14.2% to 10.6% (extrapolation split) with the p = 1 term. Past the last level the step is
+sharp: float32 x * y and copies stream at 26-29 GB/s up to a 101 MB working set and at 17-24 GB/s
+from 134 MB on, and float32 decode attention takes 2.8× the time for 2× the cache between the same
+sizes; with a fitted p (6-30 here) the extrapolation-split MAPE of quick runs fell from 10.5-11.3%
+to 7.9-9.6%. On a GPU the fit finds the L2's share the same way.
 
 `datasheet_params(hw)` is the uncalibrated roofline prior: efficiencies 1 − 1e-4, half sizes of
-one FLOP / one byte, no cache effect (cache_ratio 1 − 1e-4, sharpness 1), 1 ns launch overhead, the preset's
-link latencies, and power weights of a compute-dominated GPU. `params_to_dict` / `params_from_dict` round-trip through JSON.
+one FLOP / one byte, no cache effect (cache_ratio 1 − 1e-4, sharpness 1), 1 ns launch overhead, the
+preset's link latencies, and power weights of a compute-dominated GPU. `params_to_dict` /
+`params_from_dict` round-trip through JSON.
 """
 
 from __future__ import annotations
