@@ -24,7 +24,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from perfmodel import HardwareSpec, datasheet_params, get_hardware
+from perfmodel import (PRECISIONS, HardwareSpec, datasheet_params, efficiency_for, get_hardware, load_profile,
+                       measured_times, percentage_errors, precision_index)
 from perfmodel import calibrate as cal
 from perfmodel import importers, measure
 
@@ -34,16 +35,16 @@ from .results import ResultsDir
 # ------------------------------------------------------------------------------ profiles for experiments
 
 def precision_of_bits(bits: float) -> str:
-    """The compute precision (`perfmodel.calibrate.PRECISIONS`) whose fitted offsets apply to
-    operands of `bits` bits per element, by the thresholds of `perfmodel.calibrate.precision_index`."""
-    return cal.PRECISIONS[int(cal.precision_index(float(bits) / 8.0))]
+    """The compute precision (`perfmodel.PRECISIONS`) whose fitted offsets apply to
+    operands of `bits` bits per element, by the thresholds of `perfmodel.precision_index`."""
+    return PRECISIONS[int(precision_index(float(bits) / 8.0))]
 
 
 def resolve_hardware(profile: str | None, preset: str, bits: float = 16.0):
     """The hardware and cost-model parameters an experiment runs on.
 
     With a fitted profile (`--hardware PROFILE.json`): its `HardwareSpec` and its fitted efficiencies
-    at the precision of `bits` (`calibrate.efficiency_for`); else the preset and its datasheet roofline.
+    at the precision of `bits` (`perfmodel.efficiency_for`); else the preset and its datasheet roofline.
 
     Args:
       profile: path of a profile written by `perfmodel.calibrate.save_profile`, or None.
@@ -60,8 +61,8 @@ def resolve_hardware(profile: str | None, preset: str, bits: float = 16.0):
     if profile is None:
         hw = get_hardware(preset)
         return hw, datasheet_params(hw), f"{hw.name} (datasheet)"
-    hw, params = cal.load_profile(profile)
-    return hw, cal.efficiency_for(params, precision_of_bits(bits)), f"{hw.name} (profile {os.path.basename(profile)})"
+    hw, params = load_profile(profile)
+    return hw, efficiency_for(params, precision_of_bits(bits)), f"{hw.name} (profile {os.path.basename(profile)})"
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -146,7 +147,7 @@ def measure_or_read(config: Config) -> measure.MeasurementSet:
 def target_hardware(config: Config, mset: measure.MeasurementSet) -> HardwareSpec:
     """The spec fitted against: the profile's, the preset, or by device kind (`hardware_for`)."""
     if config.hardware is not None:
-        return cal.load_profile(config.hardware)[0]
+        return load_profile(config.hardware)[0]
     return cal.hardware_for(mset, config.preset)
 
 
@@ -198,7 +199,7 @@ def random_split_spread(config: Config, mset: measure.MeasurementSet, hw: Hardwa
 def plot_predicted_vs_measured(mset, hw, fits, config: Config) -> Figure:
     """Predicted against measured time per kernel (log-log): datasheet roofline vs the random-split fit."""
     rows = [r for r in mset.rows if not r.emulated]  # what `fit` trains and scores on
-    measured = cal.measured_times(rows, config.statistic)
+    measured = measured_times(rows, config.statistic)
     held = cal.split_mask(rows, "random", config.holdout_fraction, config.seed)
     params, report = fits["random"]
     preds = {"datasheet roofline (uncalibrated)": cal.predict_rows(cal.init_params(hw), hw, rows),
@@ -214,7 +215,7 @@ def plot_predicted_vs_measured(mset, hw, fits, config: Config) -> Figure:
             sel = np.array([r.op == op for r in rows])
             ax.scatter(measured[sel & ~held], pred[sel & ~held], s=14, color=f"C{j}", alpha=0.5, label=f"{op} (train)")
             ax.scatter(measured[sel & held], pred[sel & held], s=30, color=f"C{j}", marker="x", label=f"{op} (held out)")
-        ape = cal.percentage_errors(pred, measured)
+        ape = percentage_errors(pred, measured)
         long = measured > report.headline["threshold_s"]
         ax.set_title(f"{title}\nheld-out MAPE, kernels > 1 ms: {ape[held & long].mean():.1f}%" if (held & long).any()
                      else title, fontsize=10)

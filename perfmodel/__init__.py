@@ -70,10 +70,14 @@ from .measurements import read_csv as read_csv
 from .measurements import write_csv as write_csv
 from .importers import read_measurements as read_measurements
 from .importers import read_nccl_tests as read_nccl_tests
+from .calib_params import PRECISIONS as PRECISIONS
 from .calib_params import CalibParams as CalibParams
 from .calib_params import efficiency_for as efficiency_for
 from .calib_params import init_params as init_params
+from .calib_params import precision_index as precision_index
+from .calib_data import measured_times as measured_times
 from .calib_report import FitReport as FitReport
+from .calib_report import percentage_errors as percentage_errors
 from .calibrate import fit as fit
 from .profile import load_profile as load_profile
 from .profile import save_profile as save_profile

@@ -41,15 +41,6 @@ from .presets import get_hardware
 from .profile import save_profile
 from .specs import HardwareSpec
 
-# Re-exported for experiments/calibration.py, which reads these names off this module; new code
-# imports them from where they are defined.
-from .calib_data import measured_times as measured_times
-from .calib_params import PRECISIONS as PRECISIONS
-from .calib_params import efficiency_for as efficiency_for
-from .calib_params import precision_index as precision_index
-from .calib_report import percentage_errors as percentage_errors
-from .profile import load_profile as load_profile
-
 ROBUST_LOSSES = ("l2", "huber", "cauchy")
 
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import cli, plots, registry, results
-from perfmodel import calibrate as cal
-from perfmodel import get_hardware
+from perfmodel import get_hardware, load_profile
 
 NEW = ("quickstart", "calibrate", "helix-pareto", "disagg-pareto", "search", "helix-mx", "energy")
 
@@ -95,7 +94,7 @@ def test_calibrate(calibrated):
     scored = [v for v in spread["fitted_mape_pct"] if v is not None]  # a split may hold out no kernel > 1 ms
     assert spread["mean_pct"] == pytest.approx(np.mean(scored)) and len(set(scored)) > 1
     assert (spread["min_pct"], spread["max_pct"]) == (min(scored), max(scored))
-    hw, params = cal.load_profile(head["profile"])
+    hw, params = load_profile(head["profile"])
     assert hw.name == "cpu-local" and hw.links[1].size == 8
     errors = results.read_csv(rd.file("fit_errors.csv"))
     assert {e["split"] for e in errors} == {"random", "extrapolation", "all"}
