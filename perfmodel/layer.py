@@ -1,7 +1,7 @@
 """The ops of one decoder layer under a layout, costed per GPU: the per-layer op list of the steps.
 
 `step.py` sums these ops over the layers of a pipeline pass; this module owns the list itself and
-the accumulator (`_Tally`) that turns each op into time, work and traffic. Design points are
+the accumulator (`Tally`) that turns each op into time, work and traffic. Design points are
 `step.LayoutArrays` (float degrees), so everything is jit-able, `vmap`-able and differentiable in
 the degrees and the efficiency parameters. API:
 
@@ -10,6 +10,8 @@ the degrees and the efficiency parameters. API:
     hopb_time(compute_s, comm_s, n, overlap) -> seconds            HOP-B micro-batch overlap
     expected_active_experts(n_experts, top_k, tokens) -> experts that receive a token
     exact_ceil, round_up, max1_relaxed        the layouts' integer roundings (and their relaxations)
+    Tally, PassShape, add_layers(t, model, lay, shape, n_dense, n_moe), bytes_per_elem(bits)
+                                              the accumulator and one pass's layers, for step.py
     pipeline_microbatches(lay) -> min(pp, batch)                  decode micro-batches in flight
 
 Layer dataflow on the N = dp_attn·kvp·tpa GPUs of one pipeline stage (Helix, arXiv 2507.07120 §2;
@@ -83,7 +85,7 @@ def pipeline_microbatches(lay):
     return jnp.minimum(lay.pp, lay.batch)
 
 
-class _Tally:
+class Tally:
     """Trace-time accumulator of op costs (a Python object; everything inside is jnp).
 
     Degrees, their reciprocals, reciprocal rates and collective groups are computed once per pass
@@ -173,7 +175,7 @@ class _Tally:
         return compute, memory, self.link_s, w[0] * compute + w[1] * memory + w[2] * self.link_s
 
 
-class _Shape(NamedTuple):
+class PassShape(NamedTuple):
     """New tokens of one pass: decode sequences at a context, and prefill tokens."""
 
     dec_seqs: jax.Array | None  # decode sequences per replica (one new token each)
@@ -193,14 +195,15 @@ class _Shape(NamedTuple):
         return t
 
 
-def _bytes(bits):
+def bytes_per_elem(bits):
+    """Bytes per element of a `bits`-bit format (e.g. 4.25 bits of MXFP4 → 0.53125)."""
     return bits * 0.125
 
 
-def _attention(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
+def _attention(t: Tally, m: ModelSpec, lay, s: PassShape, count):
     """One attention block (pre-norm, QKV, attention, KVP all-to-all, W_O, all-reduce), per GPU."""
-    wb, kb, ab, cb = (_bytes(lay.weight_bits), _bytes(lay.kv_bits), _bytes(lay.act_bits),
-                      _bytes(lay.comm_bits))
+    wb, kb, ab, cb = (bytes_per_elem(lay.weight_bits), bytes_per_elem(lay.kv_bits),
+                      bytes_per_elem(lay.act_bits), bytes_per_elem(lay.comm_bits))
     inv = t.inv
     h, q = float(m.hidden), float(m.n_heads)
     qh = q * inv["tpa"]
@@ -259,8 +262,8 @@ def _attention(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
     t.coll("all_reduce", ta * h * cb, t.group("g", t.g, inv["g"]), count)
 
 
-def _dense_ffn(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
-    wb, ab, cb = _bytes(lay.weight_bits), _bytes(lay.act_bits), _bytes(lay.comm_bits)
+def _dense_ffn(t: Tally, m: ModelSpec, lay, s: PassShape, count):
+    wb, ab, cb = bytes_per_elem(lay.weight_bits), bytes_per_elem(lay.act_bits), bytes_per_elem(lay.comm_bits)
     h, f_local = float(m.hidden), float(m.ffn) * t.inv["nf"]
     tok = s.tokens
     t.coll("all_gather", tok * h * cb, t.group("d", lay.dp_attn, t.inv["d"]), count)
@@ -296,8 +299,8 @@ def expected_active_experts(n_experts, top_k, tokens):
     return n_experts * (1.0 - jnp.exp(tokens * float(np.log1p(-top_k / n_experts))))
 
 
-def _moe_ffn(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
-    wb, ab, cb = _bytes(lay.weight_bits), _bytes(lay.act_bits), _bytes(lay.comm_bits)
+def _moe_ffn(t: Tally, m: ModelSpec, lay, s: PassShape, count):
+    wb, ab, cb = bytes_per_elem(lay.weight_bits), bytes_per_elem(lay.act_bits), bytes_per_elem(lay.comm_bits)
     h, fe, e, k = float(m.hidden), float(m.expert_ffn), float(m.n_experts), float(m.top_k)
     inv = t.inv
     tok = s.tokens
@@ -328,7 +331,7 @@ def _moe_ffn(t: _Tally, m: ModelSpec, lay, s: _Shape, count):
     t.coll("all_reduce", ta * h * cb, t.group("g", t.g, inv["g"]), count)
 
 
-def _layers(t: _Tally, model: ModelSpec, lay, s: _Shape, n_dense, n_moe):
+def add_layers(t: Tally, model: ModelSpec, lay, s: PassShape, n_dense, n_moe):
     """Accumulate n_dense dense-FFN and n_moe MoE layers of shape `s` into `t` (attention is the
     same in both kinds, so it is costed once for all of them)."""
     _attention(t, model, lay, s, n_dense + n_moe)
@@ -377,9 +380,9 @@ def decode_layer_cost(model: ModelSpec, hw: HardwareSpec, params, lay, seq_len, 
         moe = model.is_moe
     if moe and not model.is_moe:
         raise ValueError(f"moe=True but {model.name} has no experts (n_experts={model.n_experts})")
-    t = _Tally(hw, ops.as_efficiency(params), lay, relaxed, moe_dispatch)
+    t = Tally(hw, ops.as_efficiency(params), lay, relaxed, moe_dispatch)
     t.by_kind = dict.fromkeys(ops.COLLECTIVES, jnp.zeros_like(lay.batch))
     b = round_up(lay.batch / pipeline_microbatches(lay), relaxed)
-    s = _Shape(b, jnp.asarray(seq_len, jnp.float32), None, None, None, None)
-    _layers(t, model, lay, s, 0.0 if moe else 1.0, 1.0 if moe else 0.0)
+    s = PassShape(b, jnp.asarray(seq_len, jnp.float32), None, None, None, None)
+    add_layers(t, model, lay, s, 0.0 if moe else 1.0, 1.0 if moe else 0.0)
     return LayerCost(t.total(), t.flops, t.hbm, t.by_kind)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from . import ops
 from .efficiency import ELEMENTWISE, GEMM
-from .layer import _bytes, _layers, _Shape, _Tally, pipeline_microbatches, round_up
+from .layer import PassShape, Tally, add_layers, bytes_per_elem, pipeline_microbatches, round_up
 from .specs import HardwareSpec, Layout, ModelSpec
 
 
@@ -133,16 +133,16 @@ class StepCost(NamedTuple):
     weighted_busy_s: jax.Array
 
 
-def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0, relaxed=False,
-          moe_dispatch="all_to_all") -> _Tally:
+def _pass(model, hw, eff, lay, s: PassShape, out_tokens, head_count=1.0, relaxed=False,
+          moe_dispatch="all_to_all") -> Tally:
     """All layers of one pipeline pass (every stage once), plus embedding and LM head.
 
     `head_count` scales the LM head (prefill: one head per prompt, not per chunk).
     """
-    t = _Tally(hw, eff, lay, relaxed, moe_dispatch)
+    t = Tally(hw, eff, lay, relaxed, moe_dispatch)
     n_moe = float(model.n_moe_layers)
-    _layers(t, model, lay, s, float(model.n_layers) - n_moe, n_moe)
-    ab, wb = _bytes(lay.act_bits), _bytes(lay.weight_bits)
+    add_layers(t, model, lay, s, float(model.n_layers) - n_moe, n_moe)
+    ab, wb = bytes_per_elem(lay.act_bits), bytes_per_elem(lay.weight_bits)
     h, v = float(model.hidden), float(model.vocab)
     tokens_d = s.tokens * t.inv["d"]
     t.op("other", ELEMENTWISE, (0.0, tokens_d * h * (wb + ab)), 1.0, peak="fp32")
@@ -153,7 +153,7 @@ def _pass(model, hw, eff, lay, s: _Shape, out_tokens, head_count=1.0, relaxed=Fa
     return t
 
 
-def _cost(t: _Tally, time_s, period_s, work_scale) -> StepCost:
+def _cost(t: Tally, time_s, period_s, work_scale) -> StepCost:
     p = t.parts
     compute, memory, link, weighted = t.busy()
     return StepCost(
@@ -205,7 +205,7 @@ def decode_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, s
     in_flight = pipeline_microbatches(lay)
     b = round_up(lay.batch / in_flight, relaxed)  # the largest micro-batch
     seq_len = jnp.asarray(seq_len, jnp.float32)
-    s = _Shape(b, seq_len, None, None, None, None)
+    s = PassShape(b, seq_len, None, None, None, None)
     t = _pass(model, hw, eff, lay, s, b, relaxed=relaxed, moe_dispatch=moe_dispatch)
     time = t.total() * _bottleneck(model, lay, in_flight, relaxed)
     return _cost(t, time, time, in_flight / lay.pp)
@@ -238,7 +238,7 @@ def prefill_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, 
     c = jnp.where(lay.chunk > 0, jnp.minimum(lay.chunk, isl), isl)
     n_chunks = isl / c
     pairs, kv = _chunk_shape(c, lay.batch, isl)
-    s = _Shape(None, None, lay.batch * c, lay.batch, pairs, kv)
+    s = PassShape(None, None, lay.batch * c, lay.batch, pairs, kv)
     t = _pass(model, hw, eff, lay, s, lay.batch, head_count=1.0 / n_chunks, relaxed=relaxed,
               moe_dispatch=moe_dispatch)
     # A stage's time per prompt token of a chunk: TTFT = (isl + (pp − 1)·C)·that, the period isl·that.
@@ -272,7 +272,7 @@ def mixed_step(model: ModelSpec, hw: HardwareSpec, params, lay: LayoutArrays, se
     p = b * isl / jnp.asarray(osl, jnp.float32)
     c = jnp.minimum(p, isl)
     pairs, kv = _chunk_shape(c, p / c, isl)
-    s = _Shape(b, jnp.asarray(seq_len, jnp.float32), p, p / c, pairs, kv)
+    s = PassShape(b, jnp.asarray(seq_len, jnp.float32), p, p / c, pairs, kv)
     t = _pass(model, hw, eff, lay, s, b + p / c, relaxed=relaxed, moe_dispatch=moe_dispatch)
     time = t.total() * _bottleneck(model, lay, in_flight, relaxed)
     return _cost(t, time, time, in_flight / lay.pp)

@@ -12,7 +12,7 @@ from perfmodel import Layout, ModelSpec, datasheet_params, get_hardware, get_mod
 from perfmodel.efficiency import constrain, unconstrain
 from perfmodel.comm import layer_collective_bytes
 from perfmodel.memory import appendix_a_read_times, decode_read_bytes, fits, memory_footprint
-from perfmodel.layer import _Tally, decode_layer_cost, expected_active_experts, hopb_time, max1_relaxed
+from perfmodel.layer import Tally, decode_layer_cost, expected_active_experts, hopb_time, max1_relaxed
 from perfmodel.step import decode_step, layout_arrays, make_layout_arrays, mixed_step, prefill_step
 
 GB200 = get_hardware("gb200-nvl72")
@@ -316,7 +316,7 @@ def test_groups_from_reciprocals_equal_ops_collectives(n):
     cost every collective as `ops.collective_time`/`collective_traffic` do."""
     eff = ops.as_efficiency(_mid_params())
     lay = make_layout_arrays(batch=1.0)
-    t = _Tally(GB200, eff, lay)
+    t = Tally(GB200, eff, lay)
     grp = t.group("x", jnp.float32(n), 1.0 / jnp.float32(n))
     for kind in ops.COLLECTIVES:
         want_t = ops.collective_time(eff, GB200, kind, 1e6, n)
