@@ -24,8 +24,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from perfmodel import (PRECISIONS, HardwareSpec, datasheet_params, efficiency_for, get_hardware, load_profile,
-                       measured_times, percentage_errors, precision_index)
+from perfmodel import (PRECISIONS, SPLITS, STATISTICS, FitReport, HardwareSpec, datasheet_params, efficiency_for,
+                       get_hardware, init_params, load_profile, measured_times, percentage_errors, precision_index,
+                       predict_rows, save_profile, split_mask)
 from perfmodel import calibrate as cal
 from perfmodel import importers, measure
 
@@ -109,8 +110,8 @@ class Config:
             raise ValueError(f"families={self.families}: unknown {bad}; valid: {', '.join(measure.FAMILIES)}")
         if self.loss not in cal.ROBUST_LOSSES:
             raise ValueError(f"loss={self.loss!r}; valid: {', '.join(cal.ROBUST_LOSSES)}")
-        if self.statistic not in cal.STATISTICS:
-            raise ValueError(f"statistic={self.statistic!r}; valid: {', '.join(cal.STATISTICS)}")
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"statistic={self.statistic!r}; valid: {', '.join(STATISTICS)}")
         if self.steps < 1 or (self.rounds is not None and self.rounds < 1):
             raise ValueError(f"steps={self.steps} and rounds={self.rounds} must be >= 1")
         if self.cpus < 0:
@@ -170,13 +171,13 @@ def fit_all(config: Config, mset: measure.MeasurementSet, hw: HardwareSpec):
     """
     kw = dict(_fit_kw(config), seed=config.seed)
     fits = {split: cal.fit(mset, hw, split=split, holdout_fraction=config.holdout_fraction, **kw)
-            for split in cal.SPLITS}
+            for split in SPLITS}
     fits["all"] = cal.fit(mset, hw, holdout_fraction=0.0, **kw)
     return fits["all"][0], fits
 
 
 def random_split_spread(config: Config, mset: measure.MeasurementSet, hw: HardwareSpec,
-                        first: cal.FitReport) -> dict:
+                        first: FitReport) -> dict:
     """Held-out MAPE (kernels > 1 ms) of the fitted model over `RANDOM_SPLIT_SEEDS` random splits.
 
     Split seeds config.seed, config.seed + 1, ...; `first` is the report of config.seed's split.
@@ -200,10 +201,10 @@ def plot_predicted_vs_measured(mset, hw, fits, config: Config) -> Figure:
     """Predicted against measured time per kernel (log-log): datasheet roofline vs the random-split fit."""
     rows = [r for r in mset.rows if not r.emulated]  # what `fit` trains and scores on
     measured = measured_times(rows, config.statistic)
-    held = cal.split_mask(rows, "random", config.holdout_fraction, config.seed)
+    held = split_mask(rows, "random", config.holdout_fraction, config.seed)
     params, report = fits["random"]
-    preds = {"datasheet roofline (uncalibrated)": cal.predict_rows(cal.init_params(hw), hw, rows),
-             "fitted (random split)": cal.predict_rows(params, hw, rows)}
+    preds = {"datasheet roofline (uncalibrated)": predict_rows(init_params(hw), hw, rows),
+             "fitted (random split)": predict_rows(params, hw, rows)}
     ops = list(dict.fromkeys(r.op for r in rows))
     fig = Figure(figsize=(11, 5))
     FigureCanvasAgg(fig)
@@ -238,7 +239,7 @@ def plot_predicted_vs_measured(mset, hw, fits, config: Config) -> Figure:
     return fig
 
 
-def _headline(report: cal.FitReport) -> dict:
+def _headline(report: FitReport) -> dict:
     h = report.headline
     return {"fitted_mape_pct": h["fitted_mape"], "datasheet_mape_pct": h["datasheet_mape"],
             "ratio_datasheet_over_fitted": h["ratio"], "n_kernels_gt_1ms": h["n"]}
@@ -258,7 +259,7 @@ def calibrate_and_save(config: Config, out: ResultsDir, prefix: str = "") -> dic
     params, fits = fit_all(config, mset, hw)
     reports = {split: rep for split, (_, rep) in fits.items()}
     profile = out.file(f"{prefix}profile.json")
-    cal.save_profile(profile, hw, params, reports, mset.env)
+    save_profile(profile, hw, params, reports, mset.env)
     text = "\n\n".join(f"## {split} split\n\n{rep.format()}" for split, rep in reports.items())
     rows = [dict(split=split, **e) for split, rep in reports.items() for e in rep.errors]
     out.write_csv(f"{prefix}fit_errors.csv", rows)

@@ -74,8 +74,12 @@ from .calib_params import PRECISIONS as PRECISIONS
 from .calib_params import CalibParams as CalibParams
 from .calib_params import efficiency_for as efficiency_for
 from .calib_params import init_params as init_params
+from .calib_params import predict_rows as predict_rows
 from .calib_params import precision_index as precision_index
+from .calib_data import SPLITS as SPLITS
+from .calib_data import STATISTICS as STATISTICS
 from .calib_data import measured_times as measured_times
+from .calib_data import split_mask as split_mask
 from .calib_report import FitReport as FitReport
 from .calib_report import percentage_errors as percentage_errors
 from .calibrate import fit as fit

@@ -13,17 +13,13 @@ compares the fit with the uncalibrated datasheet roofline on train and held-out 
 The pieces: `calib_data` (columns, splits, weights), `calib_params` (`CalibParams`, the cost-model
 adapter), `calib_report` (errors, `FitReport`), `profile` (JSON profiles), `cpu` (this CPU's spec).
 
-    python -m perfmodel.calibrate --quick          # measure this machine, fit, report, save profile
+The command that measures this machine (or reads files), fits and saves a profile is the
+`calibrate` experiment: `python -m experiments run calibrate --quick`.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import functools
-import json
-import pathlib
-import time
 from collections.abc import Sequence
 
 import jax
@@ -31,14 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import importers
-from .calib_data import SPLITS, STATISTICS, Data, make_data, split_mask
+from .calib_data import Data, make_data, split_mask
 from .calib_params import PredictFn, cost_model_times, init_params, predict_rows, start_params
 from .calib_report import FitReport, error_report
 from .cpu import cpu_local_spec, stream_copy_bandwidth
-from .measurements import Measurement, MeasurementSet, rows_of, write_csv
+from .measurements import Measurement, MeasurementSet, rows_of
 from .presets import get_hardware
-from .profile import save_profile
 from .specs import HardwareSpec
 
 ROBUST_LOSSES = ("l2", "huber", "cauchy")
@@ -229,81 +223,9 @@ def hardware_for(mset: MeasurementSet, name: str | None = None) -> HardwareSpec:
         kind = str(env.get("device_kind", ""))
         name = next((preset for key, preset in _DEVICE_PRESETS if key.lower() in kind.lower()), None)
         if name is None:
-            raise ValueError(f"no hardware preset for device_kind={kind!r}; pass --hardware NAME")
+            raise ValueError(f"no hardware preset for device_kind={kind!r}; name one (calibrate experiment: preset=NAME)")
     if name is None or name == "cpu-local":
         pinned = env.get("cpu_affinity")  # the cores the measurement ran on (measure.pin_cpus)
         return cpu_local_spec(stream_copy_bandwidth(mset), n_devices=int(env.get("device_count", 8)),
                               cores=len(pinned) if pinned else None)
     return get_hardware(name)
-
-
-def calibrate(mset: MeasurementSet, hardware: HardwareSpec, **fit_kwargs) -> tuple[object, dict[str, FitReport]]:
-    """Fit on both splits (for the report) and then on all rows (for the profile).
-
-    Args:
-      mset: the measurements.
-      hardware: the spec to fit against.
-      **fit_kwargs: `fit` settings other than the split.
-
-    Returns:
-      (params, reports): params fitted on every row; reports {"random": FitReport,
-      "extrapolation": FitReport, "all": FitReport (training errors of the final fit)}.
-    """
-    reports = {}
-    for split in SPLITS:
-        _, reports[split] = fit(mset, hardware, split=split, **fit_kwargs)
-    params, reports["all"] = fit(mset, hardware, holdout_fraction=0.0, **fit_kwargs)
-    return params, reports
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """`python -m perfmodel.calibrate --quick`: measure this machine (or read files), fit, report, save."""
-    parser = argparse.ArgumentParser(prog="python -m perfmodel.calibrate", description=main.__doc__)
-    parser.add_argument("--quick", action="store_true", help="quick measurement (when measuring)")
-    parser.add_argument("--measurements", nargs="+", metavar="FILE",
-                        help="measurement CSVs or nccl-tests outputs to fit instead of measuring")
-    parser.add_argument("--hardware", help="hardware preset (default: by device kind; cpu-local on CPU)")
-    parser.add_argument("--out", help="output folder (default results/calibration/<UTC time>)")
-    parser.add_argument("--loss", default="huber", choices=ROBUST_LOSSES)
-    parser.add_argument("--loss-scale", type=float, default=0.1, help="robust loss scale in log units")
-    parser.add_argument("--prior-weight", type=float, default=1e-6)
-    parser.add_argument("--statistic", default="median", choices=STATISTICS)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cpu-devices", type=int, default=8, help="emulated CPU devices when measuring")
-    parser.add_argument("--cpus", type=int, default=1,
-                        help="CPU backend: cores the measurement process is pinned to (0: unpinned, in this process)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = pathlib.Path(args.out or f"results/calibration/{stamp}")
-    if args.measurements:
-        sets = [importers.read_measurements(f) for f in args.measurements]
-        mset = sets[0] if len(sets) == 1 else importers.concat(*sets)
-    else:
-        from . import measure  # not at module level: `python -m perfmodel.measure` must find it unimported
-        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-        mset = measure.measure_here(quick=args.quick, cpus=args.cpus, cpu_devices=args.cpu_devices,
-                                    progress=not args.no_progress)
-        write_csv(out / "measurements.csv", mset)
-    hardware = hardware_for(mset, args.hardware)
-    params, reports = calibrate(mset, hardware, loss=args.loss, loss_scale=args.loss_scale,
-                                prior_weight=args.prior_weight, statistic=args.statistic, steps=args.steps,
-                                seed=args.seed)
-    text = "\n\n".join(f"## {split} split\n\n{rep.format()}" for split, rep in reports.items())
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(f"# calibration of {hardware.name}\n\n{text}\n")
-    save_profile(out / "profile.json", hardware, params, reports, mset.env)
-    print(text)
-    summary = dict(
-        hardware=hardware.name, rows=len(mset), out=str(out), wall_s=round(time.perf_counter() - start, 1),
-        heldout_mape_gt1ms_random=reports["random"].headline,
-        heldout_mape_gt1ms_extrapolation=reports["extrapolation"].headline,
-    )
-    print(json.dumps(summary))
-    return summary
-
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import cli, plots, registry, results
-from perfmodel import get_hardware, load_profile
+from perfmodel import MeasurementSet, get_hardware, load_profile, read_csv, write_csv
 
 NEW = ("quickstart", "calibrate", "helix-pareto", "disagg-pareto", "search", "helix-mx", "energy")
 
@@ -101,6 +101,21 @@ def test_calibrate(calibrated):
     assert {e["model"] for e in errors} == {"fitted", "datasheet"}
     _png(rd, "predicted_vs_measured.png")
     assert "| random |" in rd.file("summary.md").read_text()
+
+
+def test_calibrate_fits_someone_elses_measurement_file(calibrated, tmp_path):
+    # The rows of the fixture's run, as if measured on an H100: the spec comes from the device kind.
+    rows = read_csv(calibrated[0].path / "measurements.csv").rows
+    env = {"backend": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"}
+    theirs = write_csv(tmp_path / "h100.csv", MeasurementSet(rows, env))
+    rd, head = _run("calibrate", tmp_path, measurements=theirs, steps=200)
+    assert head["hardware"] == "h100-sxm" and head["rows"] == len(rows)
+    assert read_csv(rd.file("measurements.csv")).rows == rows  # written back as read
+    hw, _ = load_profile(head["profile"])
+    assert hw == get_hardware("h100-sxm")
+    assert head["heldout_random"]["fitted_mape_pct"] < head["heldout_random"]["datasheet_mape_pct"]
+    _, named = _run("calibrate", tmp_path / "named", measurements=theirs, preset="gb200-nvl72", steps=200)
+    assert named["hardware"] == "gb200-nvl72"
 
 
 def test_helix_pareto(tmp_path):
