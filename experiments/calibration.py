@@ -48,7 +48,7 @@ def resolve_hardware(profile: str | None, preset: str, bits: float = 16.0):
     at the precision of `bits` (`perfmodel.efficiency_for`); else the preset and its datasheet roofline.
 
     Args:
-      profile: path of a profile written by `perfmodel.calibrate.save_profile`, or None.
+      profile: path of a profile written by `perfmodel.save_profile`, or None.
       preset: hardware preset name used when `profile` is None.
       bits: bits per element of the study's operands (picks the fitted precision offsets).
 
