@@ -198,7 +198,8 @@ class PassShape(NamedTuple):
 def bytes_per_elem(bits):
     """Bytes per element of a `bits`-bit format: bits / 8 (scalar or array, same shape back).
 
-    Block formats count their shared scale: MXFP4 is 4 + 8/32 = 4.25 bits (OCP MX v1.0 §5.2), 0.53125 B.
+    Block formats count their shared scale: MXFP4 is 4 + 8/32 = 4.25 bits (OCP MX v1.0 §5: k = 32, an
+    E8M0 scale), 0.53125 B.
     """
     return bits * 0.125
 
